@@ -1,0 +1,1 @@
+"""fintrans: paper-faithful transformers in Flax."""

@@ -1,0 +1,107 @@
+"""Multi-head attention: self and cross, grouped-query heads, masks, rotary positions, KV cache.
+
+The attention arithmetic itself is fintrans.ops.attention.dot_product_attention; this layer only
+projects, positions, caches and masks.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fintrans import axes
+from fintrans.layers.dense import Dense
+from fintrans.layers.embeddings import apply_rotary
+from fintrans.ops.attention import dot_product_attention
+
+
+def padding_mask(q_valid: jax.Array, kv_valid: Optional[jax.Array] = None) -> jax.Array:
+    """[batch, q_len] and [batch, kv_len] validity (True = real token) -> [batch, 1, q_len, kv_len]."""
+    kv_valid = q_valid if kv_valid is None else kv_valid
+    return (q_valid[:, None, :, None] & kv_valid[:, None, None, :]).astype(bool)
+
+
+class MultiHeadAttention(nn.Module):
+    """Projects to heads, attends through fintrans.ops, projects back.
+
+    With `decode=True` keys and values are kept in the 'cache' collection: initialise with an
+    input of the maximum length (which sizes the cache), then call with chunks of new tokens and
+    `mutable=['cache']`; each query attends to everything cached so far and itself (causally).
+    """
+    num_heads: int
+    head_dim: int
+    num_kv_heads: Optional[int] = None  # None: as many as query heads (multi-head attention)
+    out_features: Optional[int] = None
+    use_bias: bool = True
+    rotary: bool = False
+    rotary_base: float = 10_000.0
+    dropout_rate: float = 0.0  # applied to the output projection
+    attention_impl: Optional[str] = None
+    decode: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: Optional[jax.Array] = None, *,
+                 mask: Optional[jax.Array] = None, bias: Optional[jax.Array] = None, causal: bool = False,
+                 segment_ids=None, positions: Optional[jax.Array] = None,
+                 deterministic: bool = True) -> jax.Array:
+        kv_heads = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv_heads:
+            raise ValueError(f"{self.name}: num_heads={self.num_heads} is not a multiple of num_kv_heads={kv_heads}")
+        if self.decode and context is not None:
+            raise ValueError(f"{self.name}: the KV cache is for self-attention; cross-attention keys are static")
+        context = x if context is None else context
+        proj = lambda heads, in_axes, out_axes, name: Dense(
+            (heads, self.head_dim), in_axes, out_axes, use_bias=self.use_bias, dtype=self.dtype,
+            param_dtype=self.param_dtype, name=name)
+        q = proj(self.num_heads, (axes.EMBED,), (axes.HEADS, axes.HEAD_DIM), "query")(x)
+        k = proj(kv_heads, (axes.EMBED,), (axes.KV_HEADS, axes.HEAD_DIM), "key")(context)
+        v = proj(kv_heads, (axes.EMBED,), (axes.KV_HEADS, axes.HEAD_DIM), "value")(context)
+        q = nn.with_logical_constraint(q, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_HEAD_DIM))
+        kv_spec = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_KV_HEADS, axes.ACT_HEAD_DIM)
+        k, v = nn.with_logical_constraint(k, kv_spec), nn.with_logical_constraint(v, kv_spec)
+
+        if self.decode:
+            q, k, v, mask, positions = self._use_cache(q, k, v, mask, positions)
+            causal, segment_ids = False, None  # the cache mask already encodes causality
+        if self.rotary:
+            b, lq = q.shape[:2]
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(lq), (b, lq))
+            kv_positions = positions if k.shape[1] == lq else jnp.broadcast_to(jnp.arange(k.shape[1]), k.shape[:2])
+            q = apply_rotary(q, positions, base=self.rotary_base)
+            if not self.decode:  # cached keys were rotated when written
+                k = apply_rotary(k, kv_positions, base=self.rotary_base)
+
+        out = dot_product_attention(q, k, v, bias=bias, mask=mask, causal=causal, segment_ids=segment_ids,
+                                    implementation=self.attention_impl)
+        out = Dense(self.out_features or x.shape[-1], (axes.HEADS, axes.HEAD_DIM), (axes.EMBED,),
+                    use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        return nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
+
+    def _use_cache(self, q, k, v, mask, positions):
+        """Writes this chunk's keys/values at the cache index; returns the full cache to attend to."""
+        initialising = not self.has_variable("cache", "cached_key")
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        b, chunk = q.shape[:2]
+        max_len = cached_k.value.shape[1]
+        start = index.value
+        positions = jnp.broadcast_to(start + jnp.arange(chunk), (b, chunk)) if positions is None else positions
+        if initialising:
+            return q, k, v, mask, positions
+        if chunk > max_len:
+            raise ValueError(f"{self.name}: chunk of {chunk} tokens exceeds the cache length {max_len}")
+        if self.rotary:
+            k = apply_rotary(k, positions, base=self.rotary_base)
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, start, 0, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, start, 0, 0))
+        index.value = start + chunk
+        query_pos = start + jnp.arange(chunk)
+        visible = (jnp.arange(max_len)[None, :] <= query_pos[:, None])[None, None]  # [1, 1, chunk, max_len]
+        mask = visible if mask is None else visible & mask
+        return q, cached_k.value, cached_v.value, mask, positions

@@ -1,0 +1,75 @@
+"""Frozen, validated model configs.
+
+Every model config is a frozen dataclass deriving from ModelConfig. Construction validates every
+field; an unknown field or bad value raises ConfigError naming it and the valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping
+
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class ConfigError(ValueError):
+    """A config field is unknown or has a bad value."""
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not valid; choose from {choices}")
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name}={value!r} must be a {'non-negative' if allow_zero else 'positive'} integer")
+
+
+def check_rate(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name}={value!r} must be a float in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Fields every model has: compute and parameter dtypes, and the attention implementation."""
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    attention_impl: str | None = None  # None: best for the platform (see fintrans.ops.attention)
+
+    def __post_init__(self):
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("param_dtype", self.param_dtype, DTYPES)
+        self.validate()
+
+    def validate(self) -> None:
+        """Subclasses check their own fields here."""
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def params_dtype(self):
+        return DTYPES[self.param_dtype]
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]):
+        """Builds the config from a mapping, naming any unknown field and the valid ones."""
+        values = dict(values)
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(cls.field_names())}")
+        # ml_collections turns tuples into lists; dataclass fields that are tuples want tuples back.
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**values)
+
+    def replace(self, **changes):
+        return self.from_dict({**dataclasses.asdict(self), **changes})

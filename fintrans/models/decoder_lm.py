@@ -1,0 +1,144 @@
+"""Decoder-only language model: pre-LN transformer blocks, rotary positions, grouped-query heads,
+tied or separate output embedding, and KV-cache generation (`generate`)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fintrans import axes
+from fintrans.layers import Dense, Embed, TransformerBlock, make_norm
+from fintrans.layers.mlp import ACTIVATIONS
+from fintrans.layers.norms import NORMS
+from fintrans.models import register
+from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderLMConfig(ModelConfig):
+    vocab_size: int = 128
+    max_len: int = 256  # longest sequence, and the KV cache length when decoding
+    embed_dim: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: Optional[int] = None  # None: multi-head; fewer: grouped-query attention
+    head_dim: Optional[int] = None  # None: embed_dim // num_heads
+    mlp_dim: int = 512
+    activation: str = "gelu"
+    glu: bool = False
+    norm: str = "rmsnorm"
+    norm_epsilon: float = 1e-6
+    use_bias: bool = False
+    dropout_rate: float = 0.0
+    tie_embeddings: bool = True
+    decode: bool = False  # set by `generate`: blocks read and write a KV cache
+
+    def validate(self):
+        for name in ("vocab_size", "max_len", "embed_dim", "num_layers", "num_heads", "mlp_dim"):
+            check_positive(name, getattr(self, name))
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("norm", self.norm, NORMS)
+        check_rate("dropout_rate", self.dropout_rate)
+        if self.num_kv_heads is not None and (self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads):
+            raise ConfigError(f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
+        if self.head_dim is None and self.embed_dim % self.num_heads:
+            raise ConfigError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}; "
+                              "set head_dim explicitly")
+        if self.resolved_head_dim % 2:
+            raise ConfigError(f"head_dim={self.resolved_head_dim} must be even for rotary positions")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.embed_dim // self.num_heads
+
+
+class DecoderLM(nn.Module):
+    """batch {'inputs': int[batch, length]} (optional 'positions', 'segment_ids') -> logits [batch, length, vocab]."""
+    config: DecoderLMConfig
+
+    @nn.compact
+    def __call__(self, batch, *, train: bool = False) -> jax.Array:
+        cfg = self.config
+        tokens = batch["inputs"]
+        if tokens.ndim != 2:
+            raise ValueError(f"decoder_lm: inputs must be [batch, length] token ids, got shape {tokens.shape}")
+        if tokens.shape[1] > cfg.max_len:
+            raise ValueError(f"decoder_lm: sequence length {tokens.shape[1]} exceeds max_len={cfg.max_len}")
+        dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
+        embed = Embed(cfg.vocab_size, cfg.embed_dim, dtype=dtype, param_dtype=pdtype, name="token_embed")
+        x = embed(tokens)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)
+        for i in range(cfg.num_layers):
+            x = TransformerBlock(
+                num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
+                num_kv_heads=cfg.num_kv_heads, norm=cfg.norm, norm_position="pre", norm_epsilon=cfg.norm_epsilon,
+                activation=cfg.activation, glu=cfg.glu, use_bias=cfg.use_bias, rotary=True,
+                dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, decode=cfg.decode,
+                dtype=dtype, param_dtype=pdtype, name=f"block_{i}",
+            )(x, causal=True, segment_ids=batch.get("segment_ids"), positions=batch.get("positions"),
+              deterministic=not train)
+        x = make_norm(cfg.norm, epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="final_norm")(x)
+        if cfg.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = Dense(cfg.vocab_size, (axes.EMBED,), (axes.VOCAB,), use_bias=False, dtype=dtype,
+                           param_dtype=pdtype, name="lm_head")(x)
+        logits = nn.with_logical_constraint(logits, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_VOCAB))
+        return logits.astype(jnp.float32)
+
+
+register("decoder_lm", DecoderLMConfig, DecoderLM)
+
+
+def init_cache(config: DecoderLMConfig, batch_size: int):
+    """An empty KV cache for `batch_size` sequences of up to config.max_len tokens."""
+    model = DecoderLM(config.replace(decode=True))
+    dummy = {"inputs": jnp.zeros((batch_size, config.max_len), jnp.int32)}
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy))["cache"]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def decode_step(config: DecoderLMConfig, params, cache, tokens):
+    """Feeds `tokens` [batch, chunk] after what the cache holds; returns (logits [batch, chunk, vocab], cache)."""
+    model = DecoderLM(config.replace(decode=True))
+    logits, updates = model.apply({"params": params, "cache": cache}, {"inputs": tokens}, mutable=["cache"])
+    return logits, updates["cache"]
+
+
+def generate(config: DecoderLMConfig, params, prompt: jax.Array, num_tokens: int, rng: jax.Array, *,
+             temperature: float = 1.0, top_k: Optional[int] = None) -> jax.Array:
+    """Samples `num_tokens` continuations of `prompt` [batch, prompt_len] with the KV cache.
+
+    temperature=0 is greedy. Returns [batch, prompt_len + num_tokens] token ids. Jit-compatible
+    (num_tokens, temperature and top_k static).
+    """
+    batch, prompt_len = prompt.shape
+    if prompt_len < 1:
+        raise ValueError("generate: the prompt needs at least one token")
+    if prompt_len + num_tokens > config.max_len:
+        raise ValueError(f"generate: prompt ({prompt_len}) + num_tokens ({num_tokens}) exceeds "
+                         f"max_len={config.max_len}")
+    cache = init_cache(config, batch)
+    logits, cache = decode_step(config, params, cache, prompt)
+
+    def sample(key, last_logits):
+        if temperature == 0:
+            return jnp.argmax(last_logits, axis=-1).astype(prompt.dtype)
+        scaled = last_logits / temperature
+        if top_k is not None:
+            kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+            scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+        return jax.random.categorical(key, scaled, axis=-1).astype(prompt.dtype)
+
+    def step(carry, key):
+        cache, last_logits = carry
+        token = sample(key, last_logits)
+        logits, cache = decode_step(config, params, cache, token[:, None])
+        return (cache, logits[:, -1]), token
+
+    keys = jax.random.split(rng, num_tokens)
+    _, new_tokens = jax.lax.scan(step, (cache, logits[:, -1]), keys)
+    return jnp.concatenate([prompt, new_tokens.T], axis=1)
