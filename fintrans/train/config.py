@@ -1,0 +1,71 @@
+"""The experiment config schema: defaults for every trainer field, and validation.
+
+Experiment configs (experiments/configs/NAME.py) start from `default_config()` and fill in the
+model, data and task; `validate` rejects unknown keys with the valid ones listed, so a typo on
+the command line (--config.totl_steps=...) fails at once instead of being ignored.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from fintrans.models.config import DTYPES, ConfigError
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.task = ""  # fintrans.tasks name: lm | classification | forecasting
+    c.model = ml_collections.ConfigDict({"name": ""})  # plus the model config's fields
+    c.data = ml_collections.ConfigDict({"name": ""})  # plus the dataset's fields (see fintrans.data)
+    c.batch_size = 32  # global, across all hosts
+    c.eval_batch_size = 64
+    c.total_steps = 1000
+    c.compute_dtype = ""  # '' keeps the model's dtype; 'bfloat16' computes in bf16 (params stay float32)
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=1e-3, warmup_steps=100, end_lr_ratio=0.1, b1=0.9, b2=0.999, eps=1e-8,
+        weight_decay=0.01, momentum=0.9, grad_clip_norm=1.0))
+    c.log_every = 50
+    c.eval_every = 500
+    c.eval_batches = -1  # -1: the whole validation split
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    c.max_steps_per_run = 0  # >0: stop (with a checkpoint) after this many steps, e.g. for job time limits
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn=ml_collections.ConfigDict(dict(data=1))))
+    c.sharding_rules = ml_collections.ConfigDict()  # logical axis -> mesh axis overrides
+    c.multihost = False  # jax.distributed.initialize() at start (TPU pods, GPU clusters)
+    c.progress_bar = True
+    c.sample = ml_collections.ConfigDict(dict(num_examples=4, prompt_len=32, num_tokens=200, temperature=0.8,
+                                             top_k=0))
+    return c
+
+
+def _check_keys(cfg, ref, prefix=""):
+    for key in cfg.keys():
+        if key not in ref:
+            raise ConfigError(f"unknown config key {prefix + key!r}; valid keys here: {sorted(ref.keys())}")
+        if isinstance(ref[key], ml_collections.ConfigDict) and ref[key].keys() and key not in ("sharding_rules",):
+            _check_keys(cfg[key], ref[key], prefix + key + ".")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks trainer fields; model and data fields are checked by their own config classes."""
+    ref = default_config()
+    for key in config.keys():
+        if key not in ref:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {sorted(ref.keys())}")
+    for key in ("optimizer", "mesh", "sample"):
+        if key in config:
+            _check_keys(config[key], ref[key], key + ".")
+    for key in ("task",):
+        if not config.get(key):
+            raise ConfigError(f"config.{key} is not set")
+    for key in ("model", "data"):
+        if not config.get(key, {}).get("name"):
+            raise ConfigError(f"config.{key}.name is not set")
+    for key in ("batch_size", "eval_batch_size", "total_steps", "log_every", "keep_checkpoints"):
+        value = config.get(key, ref[key])
+        if not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"config.{key}={value!r} must be a positive integer")
+    if config.get("compute_dtype", "") not in ("",) + tuple(DTYPES):
+        raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}; choose from {('',) + tuple(DTYPES)}")
+    return config

@@ -1,0 +1,254 @@
+"""The one trainer: `train_and_evaluate(config, workdir)` for every model and task.
+
+Sharded init, a jitted train step with in/out shardings and a donated state, periodic evaluation,
+checkpoints (state + data iterator) with automatic resume, a save on SIGTERM, metrics to
+metrics.jsonl and TensorBoard, a progress bar on process 0, and a stop on a non-finite loss that
+leaves the last good checkpoint as the latest.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from fintrans import axes, data, models, parallel, tasks
+from fintrans.models.config import ConfigError
+from fintrans.train import checkpoint as ckpt
+from fintrans.train import metrics as metrics_lib
+from fintrans.train.config import validate
+from fintrans.train.optim import learning_rate_schedule, make_optimizer
+from fintrans.train.state import TrainState
+
+log = logging.getLogger("fintrans.train")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps (the handler only sets it)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. inside some notebook runners)
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            # Every host must stop at the same step to write one consistent checkpoint.
+            from jax.experimental import multihost_utils
+            flag = multihost_utils.process_allgather(np.array(self.requested))
+            return bool(np.any(flag))
+        return self.requested
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def build_model(config: ml_collections.ConfigDict, info: dict):
+    """The model module and its validated config, with compute_dtype applied."""
+    fields = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+    if config.get("compute_dtype"):
+        fields["dtype"] = config.compute_dtype
+    spec = models.get(config.model.name)
+    model_cfg = spec.config.from_dict(fields)
+    for key in ("vocab_size", "num_classes"):
+        if key in info and hasattr(model_cfg, key) and getattr(model_cfg, key) != info[key]:
+            raise ConfigError(f"model.{key}={getattr(model_cfg, key)} but dataset {info.get('name')!r} has "
+                              f"{key}={info[key]}")
+    return spec.module(model_cfg), model_cfg
+
+
+class Trainer:
+    """Holds what the loop and evaluation share; `train_and_evaluate` drives it."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config = validate(config)
+        parallel.initialize(config.get("multihost", False))
+        self.workdir = Path(workdir)
+        self.is_main = jax.process_index() == 0
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.mesh = parallel.make_mesh(config.mesh.to_dict())
+        self.rules = axes.rules(config.sharding_rules.to_dict() if config.get("sharding_rules") else None)
+        self.task = tasks.get(config.task)
+        self.dataset = data.load(config.data)
+        self.model, self.model_config = build_model(config, self.dataset.info)
+        self.tx = make_optimizer(config.optimizer, config.total_steps)
+        self.lr = learning_rate_schedule(config.optimizer, config.total_steps)
+        self.batch_sharding = parallel.batch_sharding(self.mesh, self.rules)
+        self.base_rng = jax.random.PRNGKey(config.seed)
+
+    # -- state ---------------------------------------------------------------------------------
+    def example_batch(self) -> dict[str, np.ndarray]:
+        """One host-local training batch, from an iterator of its own (the real one is untouched)."""
+        it = self.dataset.iterator("train", self.config.batch_size, shuffle=False, seed=self.config.seed)
+        batch = next(iter(it))
+        self.task.check_batch(batch)
+        return batch
+
+    def init_state(self, example: dict[str, np.ndarray]) -> tuple[TrainState, Any]:
+        global_shapes = {k: ((self.config.batch_size,) + v.shape[1:], v.dtype) for k, v in example.items()}
+
+        def boxed_init(rng):
+            dummy = {k: jnp.zeros(s, d) for k, (s, d) in global_shapes.items()}
+            params = self.model.init({"params": rng, "dropout": rng}, dummy, train=False)["params"]
+            return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=self.tx.init(params))
+
+        init_rng = jax.random.fold_in(self.base_rng, 0x1417)
+        return parallel.sharded_init(boxed_init, self.mesh, self.rules, init_rng)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def make_train_step(self, state_shardings):
+        model, task, tx, lr, base_rng = self.model, self.task, self.tx, self.lr, self.base_rng
+
+        def train_step(state: TrainState, batch):
+            dropout_rng = jax.random.fold_in(base_rng, state.step)
+
+            def loss_fn(params):
+                outputs = model.apply({"params": params}, batch, train=True, rngs={"dropout": dropout_rng})
+                return task.loss_and_metrics(outputs, batch)
+
+            (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+            scalars = {"loss": loss, "grad_norm": _global_norm(grads), "learning_rate": lr(state.step)}
+            return TrainState(step=state.step + 1, params=params, opt_state=opt_state), scalars
+
+        return jax.jit(train_step, in_shardings=(state_shardings, self.batch_sharding),
+                       out_shardings=(state_shardings, parallel.replicated(self.mesh)), donate_argnums=0)
+
+    def make_eval_step(self, param_shardings):
+        model, task = self.model, self.task
+
+        def eval_step(params, batch):
+            outputs = model.apply({"params": params}, batch, train=False)
+            return task.loss_and_metrics(outputs, batch)[1]
+
+        return jax.jit(eval_step, in_shardings=(param_shardings, self.batch_sharding),
+                       out_shardings=parallel.replicated(self.mesh))
+
+    def evaluate(self, eval_step, params, split: str = "validation") -> dict[str, float]:
+        it = self.dataset.iterator(split, self.config.eval_batch_size, shuffle=False, num_epochs=1)
+        total = None
+        for i, local in enumerate(it):
+            if 0 <= self.config.eval_batches <= i:
+                break
+            total = tasks.accumulate(total, eval_step(params, parallel.global_batch(local, self.batch_sharding)))
+        if total is None:
+            raise ValueError(f"the {split!r} split of {self.dataset.info.get('name')!r} gave no evaluation batch")
+        summary = tasks.summarize(jax.device_get(total))
+        return {**summary, **self.task.derived(summary)}
+
+
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final state,
+    the last metrics and the sample shown."""
+    t = Trainer(config, workdir)
+    cfg = t.config
+    example = t.example_batch()
+    state, shardings = t.init_state(example)
+    checkpointer = ckpt.Checkpointer(t.workdir / "checkpoints", every=cfg.get("checkpoint_every", 0),
+                                     keep=cfg.keep_checkpoints)
+    train_it = iter(t.dataset.iterator("train", cfg.batch_size, shuffle=True, seed=cfg.seed))
+    start = checkpointer.latest_step()
+    if start is not None:
+        state = checkpointer.restore(start, ckpt.abstract_like(state), train_it)
+        metrics_lib.truncate_after(t.workdir, start) if t.is_main else None
+        log.info("resumed from step %d in %s", start, checkpointer.directory)
+    start = int(start or 0)
+
+    writer = metrics_lib.MetricWriter(t.workdir, enabled=t.is_main)
+    train_step = t.make_train_step(shardings)
+    eval_step = t.make_eval_step(shardings.params)
+    last_good = start if checkpointer.latest_step() is not None else None
+    pending: list[tuple[int, dict]] = []
+    results: dict[str, Any] = {"resumed_from": start or None}
+    run_limit = cfg.get("max_steps_per_run", 0)
+    bar = tqdm(total=cfg.total_steps, initial=start, disable=not (t.is_main and cfg.progress_bar),
+               desc=f"{cfg.model.name} on {cfg.data.name}", dynamic_ncols=True)
+
+    def flush(step: int) -> None:
+        """Moves pending step metrics to the host, stopping on a non-finite loss before any save."""
+        if not pending:
+            return
+        fetched = jax.device_get([m for _, m in pending])
+        for (s, _), m in zip(pending, fetched):
+            if not math.isfinite(float(m["loss"])):
+                pending.clear()
+                raise NonFiniteLossError(
+                    f"loss is {float(m['loss'])} at step {s}; stopping. The latest checkpoint "
+                    f"({'step ' + str(last_good) if last_good is not None else 'none yet'} in "
+                    f"{checkpointer.directory}) holds the last good state. Lower optimizer.learning_rate, "
+                    "set optimizer.grad_clip_norm, or use compute_dtype='float32'.")
+        mean = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+        elapsed = time.perf_counter() - flush.t0
+        mean["train/steps_per_second"] = len(fetched) / max(elapsed, 1e-9)
+        flush.t0 = time.perf_counter()
+        writer.write(step, mean)
+        bar.set_postfix(loss=f"{mean['train/loss']:.4f}")
+        results["train"] = mean
+        pending.clear()
+
+    flush.t0 = time.perf_counter()
+    step = start
+    try:
+        with _Preemption() as preemption, jax.set_mesh(t.mesh), nn.logical_axis_rules(t.rules):
+            while step < cfg.total_steps:
+                batch = parallel.global_batch(next(train_it), t.batch_sharding)
+                state, scalars = train_step(state, batch)
+                step += 1
+                bar.update(1)
+                pending.append((step, scalars))
+                final = step == cfg.total_steps
+                stop = preemption.should_stop(step) or (run_limit and step - start >= run_limit)
+                if step % cfg.log_every == 0 or final or stop:
+                    flush(step)
+                if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or final:
+                    results["eval"] = {f"eval/{k}": v for k, v in t.evaluate(eval_step, state.params).items()}
+                    writer.write(step, results["eval"])
+                if checkpointer.due(step) or final or stop:
+                    flush(step)
+                    checkpointer.save(step, state, train_it)
+                    last_good = step
+                if stop:
+                    log.warning("stopping at step %d (%s); checkpoint saved", step,
+                                "SIGTERM" if preemption.requested else "max_steps_per_run")
+                    break
+            if pending:
+                flush(step)
+    finally:
+        bar.close()
+        checkpointer.close()
+        writer.close()
+
+    results.update(state=state, step=step, model=t.model, model_config=t.model_config, dataset=t.dataset)
+    if step == cfg.total_steps:
+        from fintrans.train.samples import show_sample
+        with jax.set_mesh(t.mesh), nn.logical_axis_rules(t.rules):
+            results["sample"] = show_sample(t, state.params, print_fn=print if t.is_main else (lambda *_: None))
+    return results
