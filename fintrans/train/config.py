@@ -6,8 +6,11 @@ the command line (--config.totl_steps=...) fails at once instead of being ignore
 """
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
+from fintrans import models
 from fintrans.models.config import DTYPES, ConfigError
 
 
@@ -69,3 +72,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.get("compute_dtype", "") not in ("",) + tuple(DTYPES):
         raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}; choose from {('',) + tuple(DTYPES)}")
     return config
+
+
+def model_fields(name: str, **overrides) -> ml_collections.ConfigDict:
+    """config.model for `name`: every field of its config class at its default, then `overrides`.
+
+    Listing every field lets the command line override any of them (--config.model.num_layers=8)
+    while the locked config still rejects a field the model does not have.
+    """
+    cls = models.get(name).config
+    values = dataclasses.asdict(cls.from_dict(overrides))  # validates the overrides
+    return ml_collections.ConfigDict({"name": name, **values})

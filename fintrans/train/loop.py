@@ -83,13 +83,17 @@ def build_model(config: ml_collections.ConfigDict, info: dict):
 class Trainer:
     """Holds what the loop and evaluation share; `train_and_evaluate` drives it."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | None, *, devices=None):
+        """`devices` (default: all of this job's) lets experiments.aot build the mesh on a TPU
+        topology's devices; `workdir` None means nothing is written (compilation only)."""
         self.config = validate(config)
-        parallel.initialize(config.get("multihost", False))
-        self.workdir = Path(workdir)
+        if devices is None:
+            parallel.initialize(config.get("multihost", False))
+        self.workdir = Path(workdir) if workdir is not None else None
         self.is_main = jax.process_index() == 0
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.mesh = parallel.make_mesh(config.mesh.to_dict())
+        if self.workdir is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        self.mesh = parallel.make_mesh(config.mesh.to_dict(), devices=devices)
         self.rules = axes.rules(config.sharding_rules.to_dict() if config.get("sharding_rules") else None)
         self.task = tasks.get(config.task)
         self.dataset = data.load(config.data)
@@ -107,7 +111,8 @@ class Trainer:
         self.task.check_batch(batch)
         return batch
 
-    def init_state(self, example: dict[str, np.ndarray]) -> tuple[TrainState, Any]:
+    def boxed_init_fn(self, example: dict[str, np.ndarray]):
+        """rng -> TrainState whose params keep their logical-axis boxes (for eval_shape / sharded init)."""
         global_shapes = {k: ((self.config.batch_size,) + v.shape[1:], v.dtype) for k, v in example.items()}
 
         def boxed_init(rng):
@@ -115,8 +120,14 @@ class Trainer:
             params = self.model.init({"params": rng, "dropout": rng}, dummy, train=False)["params"]
             return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=self.tx.init(params))
 
-        init_rng = jax.random.fold_in(self.base_rng, 0x1417)
-        return parallel.sharded_init(boxed_init, self.mesh, self.rules, init_rng)
+        return boxed_init
+
+    @property
+    def init_rng(self) -> jax.Array:
+        return jax.random.fold_in(self.base_rng, 0x1417)
+
+    def init_state(self, example: dict[str, np.ndarray]) -> tuple[TrainState, Any]:
+        return parallel.sharded_init(self.boxed_init_fn(example), self.mesh, self.rules, self.init_rng)
 
     # -- steps ---------------------------------------------------------------------------------
     def make_train_step(self, state_shardings):

@@ -1,0 +1,131 @@
+"""Compile an experiment's sharded init and train step for a TPU topology, on any machine.
+
+    python -m experiments.aot --config=experiments/configs/lm_chars.py --topology=v5p:4x4x4 [--num_slices=2]
+
+Needs libtpu (`pip install -e .[tpu]`); no TPU is used. Builds the config's mesh on the
+topology's devices, AOT-compiles init and train step, and prints per-device memory
+(compiled.memory_analysis()), FLOPs and bytes (cost_analysis()) and whether the step fits the
+chip's HBM. A config whose shardings, shapes or kernels the TPU compiler rejects fails here the
+way it would on the pod.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import app, flags
+from jax.experimental import topologies
+from ml_collections import config_flags
+
+from fintrans import parallel
+from fintrans.train import Trainer
+
+GiB = 1 << 30
+# High-bandwidth memory per chip, by topology name prefix.
+HBM_BYTES = {"v4": 32 * GiB, "v5e": 16 * GiB, "v5litepod": 16 * GiB, "v5p": 95 * GiB, "v6e": 32 * GiB}
+
+
+@dataclasses.dataclass
+class CompileReport:
+    topology: str
+    num_slices: int
+    num_devices: int
+    device_kind: str
+    mesh: dict
+    per_device: dict  # memory_analysis figures of the train step, bytes
+    init_per_device: dict
+    flops_per_device: float
+    bytes_accessed_per_device: float
+    hbm_bytes: Optional[int]
+    peak_bytes: int
+    fits: Optional[bool]
+
+    def table(self) -> str:
+        gib = lambda b: f"{b / GiB:8.3f} GiB"
+        rows = [
+            f"{self.num_devices} x {self.device_kind} ({self.topology}, {self.num_slices} slice(s)), mesh {self.mesh}",
+            f"  train step, per device: arguments {gib(self.per_device['argument'])}, outputs "
+            f"{gib(self.per_device['output'])}, aliased (donated) {gib(self.per_device['alias'])}, "
+            f"temporaries {gib(self.per_device['temp'])}, code {gib(self.per_device['generated_code'])}",
+            f"  init, per device: outputs {gib(self.init_per_device['output'])}, temporaries "
+            f"{gib(self.init_per_device['temp'])}",
+            f"  FLOPs per device per step {self.flops_per_device:.4g}; bytes accessed {self.bytes_accessed_per_device:.4g}",
+        ]
+        if self.hbm_bytes:
+            verdict = "fits" if self.fits else "DOES NOT FIT"
+            rows.append(f"  peak {gib(self.peak_bytes)} of {gib(self.hbm_bytes)} HBM per chip: {verdict}")
+        return "\n".join(rows)
+
+
+def _memory(compiled) -> dict:
+    m = compiled.memory_analysis()
+    return {"argument": m.argument_size_in_bytes, "output": m.output_size_in_bytes, "alias": m.alias_size_in_bytes,
+            "temp": m.temp_size_in_bytes, "generated_code": m.generated_code_size_in_bytes}
+
+
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax returned one dict per program
+        cost = cost[0] if cost else {}
+    return dict(cost or {})
+
+
+def topology_devices(topology: str, num_slices: int = 1) -> list:
+    topo = topologies.get_topology_desc(platform="tpu", topology_name=topology, num_slices=num_slices)
+    return list(topo.devices)
+
+
+def compile_for_topology(config, topology: str, num_slices: int = 1) -> tuple[CompileReport, Any, Any]:
+    """AOT-compiles `config`'s init and train step; returns (report, compiled init, compiled step)."""
+    devices = topology_devices(topology, num_slices)
+    trainer = Trainer(config, None, devices=devices)
+    example = trainer.example_batch()
+    boxed_init = trainer.boxed_init_fn(example)
+    mesh, rules = trainer.mesh, trainer.rules
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        abstract_boxed = jax.eval_shape(boxed_init, trainer.init_rng)
+        shardings = parallel.mesh_shardings(abstract_boxed, mesh, rules)
+        rng_spec = jax.ShapeDtypeStruct(trainer.init_rng.shape, trainer.init_rng.dtype,
+                                        sharding=parallel.replicated(mesh))
+        init = jax.jit(lambda r: nn.unbox(boxed_init(r)), out_shardings=shardings).lower(rng_spec).compile()
+        abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                      nn.unbox(abstract_boxed), shardings)
+        batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype, sharding=trainer.batch_sharding)
+                 for k, v in example.items()}
+        step = trainer.make_train_step(shardings).lower(abstract_state, batch).compile()
+    mem, init_mem, cost = _memory(step), _memory(init), _cost(step)
+    prefix = topology.split(":")[0]
+    hbm = HBM_BYTES.get(prefix)
+    peak = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
+    report = CompileReport(
+        topology=topology, num_slices=num_slices, num_devices=len(devices), device_kind=devices[0].device_kind,
+        mesh=dict(zip(mesh.axis_names, (int(s) for s in mesh.devices.shape))), per_device=mem,
+        init_per_device=init_mem, flops_per_device=float(cost.get("flops", np.nan)),
+        bytes_accessed_per_device=float(cost.get("bytes accessed", np.nan)), hbm_bytes=hbm, peak_bytes=peak,
+        fits=None if hbm is None else peak <= hbm)
+    return report, init, step
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:8x8.")
+flags.DEFINE_integer("num_slices", 1, "Number of slices (multi-slice over DCN; set config.mesh.dcn).")
+flags.DEFINE_string("json", None, "Also write the report to this JSON file.")
+
+
+def main(argv):
+    del argv
+    report, _, _ = compile_for_topology(FLAGS.config, FLAGS.topology, FLAGS.num_slices)
+    print(report.table())
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump(dataclasses.asdict(report), f, indent=2)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
