@@ -1,0 +1,154 @@
+"""Offline datasets: TFDS builders (array_record, no TensorFlow) read through Grain.
+
+    import fintrans.data as fd
+    ds = fd.load({"name": "chars", "seq_len": 256})   # or an ml_collections.ConfigDict
+    it = ds.iterator("train", batch_size=64, shuffle=True, seed=0)
+    batch = next(it)                                  # {'inputs': int32[64, 256], 'targets': int32[64, 256]}
+
+Datasets (fd.names()) and their config fields besides `name`, `data_dir` (default $FINTRANS_DATA_DIR or
+~/.cache/fintrans/tfds) and `prepare` (default True: build the dataset if it is missing):
+  chars            seq_len            {'inputs', 'targets'}: int32[B, seq_len]; targets = inputs shifted by one
+  digits           -                  {'inputs': float32[B, 8, 8, 1] in [0, 1], 'label': int32[B]}
+  sp500            input_len, horizon {'inputs': float32[B, input_len, 6], 'targets': float32[B, horizon, 6]}
+  finai_sentences  max_len            {'inputs': int32[B, max_len] ([CLS] first), 'mask': bool[B, max_len], 'label'}
+Evaluation batches (num_epochs=1) also carry 'valid': bool[B] (False on padding rows).
+
+The iterator is grain's DatasetIterator: `it.get_state()` / `it.set_state(state)`, and with orbax:
+    mngr.save(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))  # restore: CheckpointRestore(it)
+(the CheckpointManager needs item_handlers={"data": grain.checkpoint.CheckpointHandler()} or registered args).
+Build datasets ahead of a multi-host run with `python -m fintrans.data.prepare --data_dir=...`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from fintrans.data import pipeline, storage
+from fintrans.data.builders import SPECS
+from fintrans.data.errors import DataConfigError, DatasetCorruptError, DatasetNotPreparedError
+from fintrans.data.spec import DatasetSpec
+
+__all__ = ["Dataset", "DataConfigError", "DatasetCorruptError", "DatasetNotPreparedError", "load", "names",
+           "prepare"]
+
+COMMON_FIELDS = ("name", "data_dir", "prepare")
+
+
+def names() -> list[str]:
+    """Registered dataset names."""
+    return sorted(SPECS)
+
+
+class Dataset:
+    """A loaded dataset: `info`, `iterator(...)`, `source(split)`, and `decode` for text datasets."""
+
+    def __init__(self, spec: DatasetSpec, fields: Mapping[str, int], builder, data_dir: Path):
+        self.name = spec.name
+        self.fields = dict(fields)
+        self.data_dir = data_dir
+        loaded = spec.read(storage.read_records(builder), self.fields, dict(builder.info.metadata or {}))
+        self._sources = dict(loaded.sources)
+        self._decode = loaded.decode
+        self.splits = tuple(self._sources)
+        self.info: dict[str, Any] = {
+            "name": spec.name, "version": str(builder.version),
+            "num_examples": {s: len(src) for s, src in self._sources.items()},
+            **loaded.info,
+        }
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.name!r}, {self.fields}, num_examples={self.info['num_examples']})"
+
+    def _check_split(self, split: str) -> None:
+        if split not in self._sources:
+            raise DataConfigError(f"unknown split {split!r} for dataset {self.name!r}; valid splits: {list(self.splits)}")
+
+    def source(self, split: str):
+        """Random-access source (len, getitem) of the split's unbatched examples, in stored order."""
+        self._check_split(split)
+        return self._sources[split]
+
+    def iterator(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0, num_epochs: int | None = None,
+                 process_index: int | None = None, process_count: int | None = None):
+        """Host-local batches (dicts of numpy arrays) of a GLOBAL batch_size; see fintrans.data.pipeline.
+
+        num_epochs=None repeats forever (training, reshuffled every epoch); num_epochs=1 is evaluation:
+        every example once, last batch padded, every batch with 'valid'. Defaults for the process
+        arguments come from jax.
+        """
+        self._check_split(split)
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise DataConfigError(f"shuffle must be True or False; got {shuffle!r}")
+        if process_index is None or process_count is None:
+            import jax  # only here: the rest of fintrans.data does not need jax
+
+            process_index = jax.process_index() if process_index is None else process_index
+            process_count = jax.process_count() if process_count is None else process_count
+        return pipeline.make_iterator(
+            self._sources[split], batch_size=batch_size, shuffle=bool(shuffle), seed=seed, num_epochs=num_epochs,
+            process_index=process_index, process_count=process_count, description=f"{self.name} split {split!r}")
+
+    def decode(self, tokens) -> str:
+        """Token ids -> text (text datasets only)."""
+        if self._decode is None:
+            raise TypeError(f"dataset {self.name!r} is not a text dataset; decode exists for "
+                            f"{[n for n in names() if n in ('chars', 'finai_sentences')]}")
+        return self._decode(tokens)
+
+
+def _as_dict(data_cfg: Any) -> dict[str, Any]:
+    if hasattr(data_cfg, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
+        return dict(data_cfg.to_dict())
+    if isinstance(data_cfg, Mapping):
+        return dict(data_cfg)
+    raise DataConfigError(f"data config must be a mapping or ml_collections.ConfigDict; got {type(data_cfg).__name__}")
+
+
+def _validate(cfg: Mapping[str, Any]) -> tuple[DatasetSpec, dict[str, int]]:
+    name = cfg.get("name")
+    if not name:
+        raise DataConfigError(f"data config has no `name`; valid names: {names()}")
+    if name not in SPECS:
+        raise DataConfigError(f"unknown dataset name {name!r}; valid names: {names()}")
+    spec = SPECS[name]
+    valid = list(COMMON_FIELDS) + list(spec.fields)
+    unknown = sorted(set(cfg) - set(valid))
+    if unknown:
+        raise DataConfigError(f"unknown config field(s) {unknown} for dataset {name!r}; valid fields: {valid}")
+    missing = [f for f in spec.fields if cfg.get(f) is None]
+    if missing:
+        described = "; ".join(f"{f}: {spec.fields[f][1]}" for f in missing)
+        raise DataConfigError(f"missing config field(s) {missing} for dataset {name!r} ({described})")
+    fields = {}
+    for field, (minimum, meaning) in spec.fields.items():
+        value = cfg[field]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise DataConfigError(f"config field {field} of dataset {name!r} ({meaning}) must be an integer "
+                                  f">= {minimum}; got {value!r}")
+        fields[field] = int(value)
+    if not isinstance(cfg.get("prepare", True), (bool, np.bool_)):
+        raise DataConfigError(f"config field prepare must be True or False; got {cfg['prepare']!r}")
+    data_dir = cfg.get("data_dir")
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise DataConfigError(f"config field data_dir must be a path; got {data_dir!r}")
+    return spec, fields
+
+
+def load(data_cfg: Any) -> Dataset:
+    """The dataset named by data_cfg['name'] (built first if missing and data_cfg.get('prepare', True))."""
+    cfg = _as_dict(data_cfg)
+    spec, fields = _validate(cfg)
+    data_dir = storage.resolve_data_dir(cfg.get("data_dir"))
+    builder = storage.open_builder(spec.builder, data_dir, prepare=bool(cfg.get("prepare", True)))
+    return Dataset(spec, fields, builder, data_dir)
+
+
+def prepare(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Builds dataset `name` in data_dir if it is not there yet; returns its version folder."""
+    if name not in SPECS:
+        raise DataConfigError(f"unknown dataset name {name!r}; valid names: {names()}")
+    builder = storage.open_builder(SPECS[name].builder, storage.resolve_data_dir(data_dir), prepare=True)
+    return Path(os.fspath(builder.data_path))

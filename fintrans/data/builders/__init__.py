@@ -1,0 +1,4 @@
+"""One module per dataset: its tfds builder and the reader from its records to pipeline sources."""
+from fintrans.data.builders import chars, digits, finai_sentences, sp500
+
+SPECS = {spec.name: spec for spec in (chars.SPEC, digits.SPEC, sp500.SPEC, finai_sentences.SPEC)}

@@ -1,0 +1,92 @@
+"""`digits`: scikit-learn's 1,797 8x8 handwritten digits (shipped in the wheel), split 70/15/15.
+
+The split is stratified by label (15% of each class to validation, 15% to test) with a fixed seed.
+Records keep the raw 0..16 pixel counts; the reader scales them to [0, 1].
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from fintrans.data.builders.base import OfflineBuilder
+from fintrans.data.sources import ArraySource
+from fintrans.data.spec import DatasetSpec, Loaded
+
+SPLIT_SEED = 0
+NUM_CLASSES, IMAGE_SIZE, MAX_PIXEL = 10, 8, 16
+
+
+def _digits_csv() -> Path:
+    # The file load_digits reads, found without importing sklearn (whose import alone takes ~3 s).
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the digits dataset needs scikit-learn installed (it ships the data)")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+
+
+@functools.lru_cache(maxsize=1)
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images [1797, 8, 8], int64 labels [1797]), identical to sklearn's load_digits()."""
+    table = np.loadtxt(_digits_csv(), delimiter=",", dtype=np.int64)
+    return table[:, :-1].reshape(-1, IMAGE_SIZE, IMAGE_SIZE).astype(np.uint8), table[:, -1]
+
+
+@functools.lru_cache(maxsize=1)
+def split_indices() -> dict[str, np.ndarray]:
+    """Stratified 70/15/15 split of load_digits' row indices (sorted within each split)."""
+    labels = load_digits()[1]
+    rng = np.random.default_rng(SPLIT_SEED)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
+    for c in range(NUM_CLASSES):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        n_val = n_test = round(0.15 * len(rows))
+        parts["validation"].append(rows[:n_val])
+        parts["test"].append(rows[n_val:n_val + n_test])
+        parts["train"].append(rows[n_val + n_test:])
+    return {split: np.sort(np.concatenate(p)) for split, p in parts.items()}
+
+
+class Digits(OfflineBuilder, skip_registration=True):
+    name = "digits"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=("scikit-learn load_digits: 1,797 8x8 grey images of handwritten digits (UCI optdigits "
+                         "test set), pixel counts 0..16. Stratified 70/15/15 train/validation/test split with "
+                         f"seed {SPLIT_SEED}."),
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.uint8),
+                "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+                "index": np.int32,  # row in load_digits, for tracing an example back
+            }),
+            supervised_keys=("image", "label"),
+        )
+
+    def _generate_examples(self, split: str):
+        images, labels = load_digits()
+        for i in split_indices()[split]:
+            yield int(i), {"image": images[i][..., None], "label": int(labels[i]), "index": int(i)}
+
+
+def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
+         metadata: Mapping[str, Any]) -> Loaded:
+    del fields, metadata
+    sources = {}
+    for split, recs in records.items():
+        images = np.stack([r["image"] for r in recs]) if recs else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)
+        sources[split] = ArraySource({
+            "inputs": images.astype(np.float32) / MAX_PIXEL,
+            "label": np.asarray([r["label"] for r in recs], dtype=np.int32),
+        })
+    return Loaded(sources=sources, info={"num_classes": NUM_CLASSES, "image_size": IMAGE_SIZE, "channels": 1})
+
+
+SPEC = DatasetSpec(name="digits", builder=Digits, fields={}, read=read)

@@ -1,0 +1,27 @@
+"""One temporary data_dir per test session, with all four datasets prepared once (a few seconds)."""
+import pytest
+
+import fintrans.data as fd
+
+SMALL_CONFIGS = {
+    "chars": {"name": "chars", "seq_len": 32},
+    "digits": {"name": "digits"},
+    "sp500": {"name": "sp500", "input_len": 48, "horizon": 12},
+    "finai_sentences": {"name": "finai_sentences", "max_len": 40},
+}
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tfds")
+    for name in fd.names():
+        fd.prepare(name, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def load(data_dir):
+    """load(name, **overrides) -> Dataset from the session data_dir, never building anything."""
+    def _load(name, **overrides):
+        return fd.load({**SMALL_CONFIGS[name], "data_dir": str(data_dir), "prepare": False, **overrides})
+    return _load
