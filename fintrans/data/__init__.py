@@ -13,10 +13,13 @@ Datasets (fd.names()) and their config fields besides `name`, `data_dir` (defaul
   finai_sentences  max_len            {'inputs': int32[B, max_len] ([CLS] first), 'mask': bool[B, max_len], 'label'}
 Evaluation batches (num_epochs=1) also carry 'valid': bool[B] (False on padding rows).
 
-The iterator is grain's DatasetIterator: `it.get_state()` / `it.set_state(state)`, and with orbax:
-    mngr.save(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))  # restore: CheckpointRestore(it)
-(the CheckpointManager needs item_handlers={"data": grain.checkpoint.CheckpointHandler()} or registered args).
-Build datasets ahead of a multi-host run with `python -m fintrans.data.prepare --data_dir=...`.
+The iterator is grain's DatasetIterator: `it.get_state()` / `it.set_state(state)`; with orbax
+(mngr = ocp.CheckpointManager(dir); grain registers its args, or pass item_handlers={"data":
+grain.checkpoint.CheckpointHandler()}):
+    mngr.save(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    mngr.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(it)))  # `it` resumes in place
+Build datasets ahead of a multi-host run with `python -m fintrans.data.prepare --data_dir=...`
+(or fd.prepare_dataset(name, data_dir)).
 """
 from __future__ import annotations
 
@@ -31,8 +34,9 @@ from fintrans.data.builders import SPECS
 from fintrans.data.errors import DataConfigError, DatasetCorruptError, DatasetNotPreparedError
 from fintrans.data.spec import DatasetSpec
 
+# (no function named `prepare`: importing the CLI module fintrans.data.prepare would replace it)
 __all__ = ["Dataset", "DataConfigError", "DatasetCorruptError", "DatasetNotPreparedError", "load", "names",
-           "prepare"]
+           "prepare_dataset"]
 
 COMMON_FIELDS = ("name", "data_dir", "prepare")
 
@@ -67,7 +71,7 @@ class Dataset:
             raise DataConfigError(f"unknown split {split!r} for dataset {self.name!r}; valid splits: {list(self.splits)}")
 
     def source(self, split: str):
-        """Random-access source (len, getitem) of the split's unbatched examples, in stored order."""
+        """The split's examples in stored order: len(src), src[i] (one example), src.take(indices) (a batch)."""
         self._check_split(split)
         return self._sources[split]
 
@@ -146,7 +150,7 @@ def load(data_cfg: Any) -> Dataset:
     return Dataset(spec, fields, builder, data_dir)
 
 
-def prepare(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """Builds dataset `name` in data_dir if it is not there yet; returns its version folder."""
     if name not in SPECS:
         raise DataConfigError(f"unknown dataset name {name!r}; valid names: {names()}")

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in [args.name] if args.name else fd.names():
         start = time.perf_counter()
-        path = fd.prepare(name, args.data_dir)
+        path = fd.prepare_dataset(name, args.data_dir)
         print(f"{name}: {path} ({time.perf_counter() - start:.1f} s)")
     return 0
 

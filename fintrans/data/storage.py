@@ -1,11 +1,12 @@
 """Where prepared datasets live, how they are built, and how their records are read back (no TensorFlow).
 
 tfds 4.9.x builds and reads array_record without TensorFlow: `download_and_prepare` writes the split
-files into `<data_dir>/<name>/incomplete.XXXX_<version>/` and renames that folder to `<version>/` only
-after every split and dataset_info.json are written (a crash leaves just the `incomplete.*` folder,
-which tfds ignores and removes on its next successful build), and the records are plain serialized
-tf.Example protos that tfds' numpy parser decodes. Records are read here with array_record's own
-reader, file by file, so that a damaged file is named in the error.
+files and dataset_info.json into `<data_dir>/<name>/incomplete.XXXXXX_<version>/` and renames that
+folder to `<version>/` only at the end. An exception removes the temporary folder; a hard kill leaves
+it behind (never read; safe to delete), so nothing half-built is ever taken for a prepared dataset.
+The records are serialized tf.Example protos that tfds decodes with its numpy parser. They are read
+here with array_record's own reader, file by file, so that a damaged file is named in the error.
+Two processes must not build into one shared data_dir at once: prepare before a multi-host launch.
 """
 from __future__ import annotations
 

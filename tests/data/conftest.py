@@ -15,7 +15,7 @@ SMALL_CONFIGS = {
 def data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tfds")
     for name in fd.names():
-        fd.prepare(name, path)
+        fd.prepare_dataset(name, path)
     return path
 
 

@@ -1,5 +1,6 @@
 """What each prepared dataset holds and what its batches look like."""
 import collections
+import sys
 
 import numpy as np
 import pytest
@@ -25,6 +26,12 @@ def _one_batch(ds, split="train", batch_size=8, **kw):
 
 def test_names():
     assert fd.names() == ["chars", "digits", "finai_sentences", "sp500"]
+
+
+def test_no_tensorflow_is_imported(load):
+    for name in fd.names():
+        next(load(name).iterator("train", 4, shuffle=True, process_index=0, process_count=1))
+    assert "tensorflow" not in sys.modules
 
 
 @pytest.mark.parametrize("name,shapes", [

@@ -83,8 +83,8 @@ class Chars(OfflineBuilder, skip_registration=True):
             yield i, {"chunk_index": i, "tokens": tokens[pos:min(pos + CHUNK_LEN, end)]}
 
 
-def _shifted_pair(window: np.ndarray) -> dict[str, np.ndarray]:
-    return {"inputs": window[:-1], "targets": window[1:]}
+def _shifted_pair(windows: np.ndarray) -> dict[str, np.ndarray]:
+    return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
 
 def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],

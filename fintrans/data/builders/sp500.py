@@ -97,8 +97,8 @@ def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
     std = values[:num_train].std(axis=0)  # ddof=0, like sklearn's StandardScaler in LTSF-Linear
     series = ((values - mean) / std).astype(np.float32)
 
-    def make(window: np.ndarray) -> dict[str, np.ndarray]:
-        return {"inputs": window[:input_len], "targets": window[input_len:]}
+    def make(windows: np.ndarray) -> dict[str, np.ndarray]:
+        return {"inputs": windows[:, :input_len], "targets": windows[:, input_len:]}
 
     sources, first_target, start = {}, {}, 0
     for split in SPLITS:
