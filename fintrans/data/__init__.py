@@ -68,7 +68,8 @@ class Dataset:
 
     def _check_split(self, split: str) -> None:
         if split not in self._sources:
-            raise DataConfigError(f"unknown split {split!r} for dataset {self.name!r}; valid splits: {list(self.splits)}")
+            raise DataConfigError(f"unknown split {split!r} for dataset {self.name!r}; valid splits: "
+                                  f"{list(self.splits)}")
 
     def source(self, split: str):
         """The split's examples in stored order: len(src), src[i] (one example), src.take(indices) (a batch)."""

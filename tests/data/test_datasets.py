@@ -7,7 +7,7 @@ import pytest
 
 import fintrans.data as fd
 from fintrans.data import storage
-from fintrans.data.builders import SPECS, chars, digits, finai_sentences, sp500
+from fintrans.data.builders import SPECS, chars, finai_sentences, sp500
 
 SPLITS = ("train", "validation", "test")
 

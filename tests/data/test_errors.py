@@ -34,7 +34,8 @@ def test_config_dict_is_accepted_and_unknown_or_missing_fields_are_named(data_di
 
 def test_missing_data_dir_without_prepare_names_path_and_fix(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(DatasetNotPreparedError, match=rf"{missing} does not exist.*fintrans.data.prepare --name=digits"):
+    with pytest.raises(DatasetNotPreparedError,
+                       match=rf"{missing} does not exist.*fintrans.data.prepare --name=digits"):
         fd.load({"name": "digits", "data_dir": str(missing), "prepare": False})
     assert not missing.exists()
 

@@ -99,7 +99,9 @@ def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
     tokenizer = tokenizers.WordTokenizer(metadata["vocab"])
     sources, longest, truncated, kind_counts = {}, 0, {}, {}
     for split, recs in records.items():
-        inputs = np.stack([pad_tokens(r["tokens"], max_len) for r in recs]) if recs else np.zeros((0, max_len), np.int32)
+        inputs = np.zeros((len(recs), max_len), np.int32)
+        for i, r in enumerate(recs):
+            inputs[i] = pad_tokens(r["tokens"], max_len)
         lengths = np.asarray([len(r["tokens"]) + 2 for r in recs], dtype=np.int64)
         longest = max(longest, int(lengths.max(initial=0)))
         truncated[split] = int((lengths > max_len).sum())

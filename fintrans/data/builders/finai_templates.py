@@ -38,69 +38,124 @@ _BE_PLURAL = "are"
 
 SLOTS: dict[str, tuple[str, ...]] = {
     # --- AI ---
-    "ai_tech": ("artificial intelligence", "machine learning", "machine learning models", "natural language processing",
-                "generative AI", "generative artificial intelligence tools", "large language models", "deep learning",
-                "neural networks", "AI-based analytics", "AI-driven decisioning tools", "computer vision",
-                "conversational AI", "intelligent automation powered by machine learning",
-                "speech recognition based on artificial intelligence", "AI", "predictive analytics built on machine learning"),
-    "ai_core": ("natural language processing", "machine learning", "artificial intelligence", "conversational AI",
-                "large language models", "generative AI"),
-    "ai_task": ("detect fraudulent card transactions", "improve anti-money laundering monitoring",
-                "automate the review of commercial loan documents", "enhance credit underwriting decisions",
-                "answer routine customer inquiries", "personalize product recommendations", "identify suspicious activity",
-                "streamline mortgage processing", "forecast deposit flows", "route calls in our contact centers",
-                "extract data from loan agreements", "support our financial advisors", "flag potential cyber threats",
-                "summarize regulatory documents", "prioritize collections outreach", "draft responses to customer emails"),
-    "ai_product": ("virtual assistant", "AI-powered chatbot", "digital assistant", "intelligent virtual agent",
-                   "chatbot", "conversational banking assistant"),
-    "ai_product_article": ("a virtual assistant", "an AI-powered chatbot", "a digital assistant",
-                           "an intelligent virtual agent", "a chatbot", "a generative AI assistant for employees"),
-    "ai_gov": ("an AI governance committee", "an artificial intelligence governance framework", "a responsible AI policy",
-               "a machine learning model risk standard", "an enterprise AI council"),
-    "ai_risk": ("biased outcomes from machine learning models", "inaccurate outputs from generative AI tools",
-                "the misuse of artificial intelligence by fraudsters", "errors in AI-driven credit decisions",
-                "the use of deepfakes generated with artificial intelligence"),
-    "ai_model_kind": ("machine learning models", "AI models", "neural network models", "natural language processing models"),
+    "ai_tech": (
+        "artificial intelligence", "machine learning", "machine learning models", "natural language processing",
+        "generative AI", "generative artificial intelligence tools", "large language models", "deep learning",
+        "neural networks", "AI-based analytics", "AI-driven decisioning tools", "computer vision",
+        "conversational AI", "intelligent automation powered by machine learning",
+        "speech recognition based on artificial intelligence", "AI",
+        "predictive analytics built on machine learning",
+    ),
+    "ai_core": (
+        "natural language processing", "machine learning", "artificial intelligence", "conversational AI",
+        "large language models", "generative AI",
+    ),
+    "ai_task": (
+        "detect fraudulent card transactions", "improve anti-money laundering monitoring",
+        "automate the review of commercial loan documents", "enhance credit underwriting decisions",
+        "answer routine customer inquiries", "personalize product recommendations", "identify suspicious activity",
+        "streamline mortgage processing", "forecast deposit flows", "route calls in our contact centers",
+        "extract data from loan agreements", "support our financial advisors", "flag potential cyber threats",
+        "summarize regulatory documents", "prioritize collections outreach", "draft responses to customer emails",
+    ),
+    "ai_product": (
+        "virtual assistant", "AI-powered chatbot", "digital assistant", "intelligent virtual agent", "chatbot",
+        "conversational banking assistant",
+    ),
+    "ai_product_article": (
+        "a virtual assistant", "an AI-powered chatbot", "a digital assistant", "an intelligent virtual agent",
+        "a chatbot", "a generative AI assistant for employees",
+    ),
+    "ai_gov": (
+        "an AI governance committee", "an artificial intelligence governance framework", "a responsible AI policy",
+        "a machine learning model risk standard", "an enterprise AI council",
+    ),
+    "ai_risk": (
+        "biased outcomes from machine learning models", "inaccurate outputs from generative AI tools",
+        "the misuse of artificial intelligence by fraudsters", "errors in AI-driven credit decisions",
+        "the use of deepfakes generated with artificial intelligence",
+    ),
+    "ai_model_kind": (
+        "machine learning models", "AI models", "neural network models", "natural language processing models",
+    ),
     # --- business ---
-    "business_area": ("consumer lending", "commercial banking", "wealth management", "treasury services",
-                      "retail branches", "card services", "mortgage operations", "compliance", "small business banking"),
-    "kpi": ("operational efficiency", "fraud loss rates", "customer satisfaction", "the speed of credit decisions",
-            "the accuracy of our forecasts", "response times for customer inquiries"),
-    "direction": ("increased", "decreased", "grew", "declined", "rose", "fell"),
-    "nii_driver": ("higher loan balances", "higher deposit costs", "lower yields on securities", "the rise in market rates",
-                   "growth in commercial loans", "lower average earning assets"),
-    "expense_item": ("salaries and benefits", "occupancy costs", "professional fees", "FDIC insurance premiums",
-                     "marketing expenses", "technology and equipment costs", "legal expenses"),
-    "region": ("the Southeast", "the Midwest", "Texas", "New England", "California", "the Mid-Atlantic region",
-               "Pennsylvania and Ohio", "the Pacific Northwest", "Florida"),
-    "regulator": ("Federal Reserve", "Office of the Comptroller of the Currency", "Federal Deposit Insurance Corporation",
-                  "Consumer Financial Protection Bureau", "state banking department"),
-    "loan_type": ("Commercial real estate", "Residential mortgage", "Commercial and industrial", "Consumer",
-                  "Home equity", "Construction", "Agricultural"),
-    "mortgage_driver": ("lower refinancing activity", "higher origination volumes", "changes in the fair value of "
-                        "mortgage servicing rights", "narrower gain on sale margins"),
-    "target_bank": ("First Community Bancorp", "Heritage Savings Bank", "Valley National Trust", "Summit Financial Group",
-                    "Lakeside Bancshares", "Pioneer State Bank"),
+    "business_area": (
+        "consumer lending", "commercial banking", "wealth management", "treasury services", "retail branches",
+        "card services", "mortgage operations", "compliance", "small business banking",
+    ),
+    "kpi": (
+        "operational efficiency", "fraud loss rates", "customer satisfaction", "the speed of credit decisions",
+        "the accuracy of our forecasts", "response times for customer inquiries",
+    ),
+    "direction": (
+        "increased", "decreased", "grew", "declined", "rose", "fell",
+    ),
+    "nii_driver": (
+        "higher loan balances", "higher deposit costs", "lower yields on securities", "the rise in market rates",
+        "growth in commercial loans", "lower average earning assets",
+    ),
+    "expense_item": (
+        "salaries and benefits", "occupancy costs", "professional fees", "FDIC insurance premiums",
+        "marketing expenses", "technology and equipment costs", "legal expenses",
+    ),
+    "region": (
+        "the Southeast", "the Midwest", "Texas", "New England", "California", "the Mid-Atlantic region",
+        "Pennsylvania and Ohio", "the Pacific Northwest", "Florida",
+    ),
+    "regulator": (
+        "Federal Reserve", "Office of the Comptroller of the Currency", "Federal Deposit Insurance Corporation",
+        "Consumer Financial Protection Bureau", "state banking department",
+    ),
+    "loan_type": (
+        "Commercial real estate", "Residential mortgage", "Commercial and industrial", "Consumer", "Home equity",
+        "Construction", "Agricultural",
+    ),
+    "mortgage_driver": (
+        "lower refinancing activity", "higher origination volumes",
+        "changes in the fair value of mortgage servicing rights", "narrower gain on sale margins",
+    ),
+    "target_bank": (
+        "First Community Bancorp", "Heritage Savings Bank", "Valley National Trust", "Summit Financial Group",
+        "Lakeside Bancshares", "Pioneer State Bank",
+    ),
     # --- technology and words without AI (hard negatives) ---
-    "plain_tech": ("cloud computing", "cloud-based data platforms", "mobile banking applications", "cybersecurity tools",
-                   "a new core banking system", "application programming interfaces", "real-time payment infrastructure",
-                   "a modern data warehouse", "multifactor authentication", "electronic signatures",
-                   "electronic document management", "online account opening"),
-    "plain_task": ("process card transactions in real time", "reduce the cost of our data centers",
-                   "protect customer data", "shorten account opening times", "connect with fintech partners",
-                   "settle payments faster", "store loan documents electronically", "improve system resiliency",
-                   "detect unauthorized logins", "serve customers outside our branch footprint"),
-    "credit_model": ("discounted cash flow", "probability of default", "loss given default", "econometric",
-                     "vintage loss", "regression-based", "roll rate"),
-    "macro_var": ("unemployment", "home price", "gross domestic product", "interest rate", "commercial real estate price"),
-    "model_use": ("credit loss estimation", "capital planning", "asset liability management", "loan pricing",
-                  "deposit forecasting"),
-    "vendor_service": ("data processing and information technology services", "card processing", "core deposit systems",
-                       "check imaging", "cloud hosting"),
-    "cyber_threat": ("ransomware and phishing", "denial of service attacks", "malware", "social engineering schemes",
-                     "account takeover attempts"),
-    "kpi_plain": ("loan growth", "deposit costs", "branch productivity", "expense trends", "credit quality"),
-    "department": ("treasury management", "commercial payments", "branch operations", "loan servicing"),
+    "plain_tech": (
+        "cloud computing", "cloud-based data platforms", "mobile banking applications", "cybersecurity tools",
+        "a new core banking system", "application programming interfaces", "real-time payment infrastructure",
+        "a modern data warehouse", "multifactor authentication", "electronic signatures",
+        "electronic document management", "online account opening",
+    ),
+    "plain_task": (
+        "process card transactions in real time", "reduce the cost of our data centers", "protect customer data",
+        "shorten account opening times", "connect with fintech partners", "settle payments faster",
+        "store loan documents electronically", "improve system resiliency", "detect unauthorized logins",
+        "serve customers outside our branch footprint",
+    ),
+    "credit_model": (
+        "discounted cash flow", "probability of default", "loss given default", "econometric", "vintage loss",
+        "regression-based", "roll rate",
+    ),
+    "macro_var": (
+        "unemployment", "home price", "gross domestic product", "interest rate", "commercial real estate price",
+    ),
+    "model_use": (
+        "credit loss estimation", "capital planning", "asset liability management", "loan pricing",
+        "deposit forecasting",
+    ),
+    "vendor_service": (
+        "data processing and information technology services", "card processing", "core deposit systems",
+        "check imaging", "cloud hosting",
+    ),
+    "cyber_threat": (
+        "ransomware and phishing", "denial of service attacks", "malware", "social engineering schemes",
+        "account takeover attempts",
+    ),
+    "kpi_plain": (
+        "loan growth", "deposit costs", "branch productivity", "expense trends", "credit quality",
+    ),
+    "department": (
+        "treasury management", "commercial payments", "branch operations", "loan servicing",
+    ),
 }
 
 NUMBERS: dict[str, Callable[[random.Random, dict], str]] = {
@@ -131,23 +186,28 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "{S} {v:have} established {ai_gov} to oversee the development and use of artificial intelligence.",
         "{S} {v:partner} with a financial technology company that applies {ai_tech} to {ai_task}.",
         "{S} {v:expect} {ai_tech} to improve {kpi} over the next {small} years.",
-        "Risks related to artificial intelligence, including {ai_risk}, could adversely affect our business and reputation.",
+        "Risks related to artificial intelligence, including {ai_risk}, could adversely affect our business and "
+        "reputation.",
         "{S} piloted {ai_product_article} that uses {ai_core} to {ai_task}.",
         "Our fraud detection platform uses {ai_tech} that learns from historical transaction patterns.",
         "The use of {ai_tech} in {business_area} reduced manual processing time by {pct}% in {year}.",
         "{S} {v:be} exploring how generative AI can help {ai_task}.",
-        "Approximately {pct}% of customer service requests were resolved by our {ai_product} without human intervention.",
+        "Approximately {pct}% of customer service requests were resolved by our {ai_product} without human "
+        "intervention.",
         "{S} hired {count} data scientists to build {ai_tech} solutions for {business_area}.",
         "{S} {v:apply} {ai_tech} to analyze unstructured data, such as customer emails and call transcripts.",
         "Model risk management now includes the validation of {ai_model_kind} used to {ai_task}.",
         "Investments in {ai_tech} enabled {s} to {ai_task} more efficiently.",
-        "{S} launched {ai_product_article} in {year} that answers questions about balances, transfers and card activity.",
+        "{S} launched {ai_product_article} in {year} that answers questions about balances, transfers and card "
+        "activity.",
         "{Our} {ai_product} uses {ai_core} to understand customer requests in {small} languages.",
         "{S} {v:evaluate} {ai_model_kind} for fairness and explainability before they are used to {ai_task}.",
     ),
     "plain": (
-        "Net interest income {direction} ${amount} million, or {pct}%, in {year} compared with {prev_year}, driven by {nii_driver}.",
-        "The provision for credit losses was ${amount} million in {year}, compared with ${amount2} million in {prev_year}.",
+        "Net interest income {direction} ${amount} million, or {pct}%, in {year} compared with {prev_year}, driven "
+        "by {nii_driver}.",
+        "The provision for credit losses was ${amount} million in {year}, compared with ${amount2} million in "
+        "{prev_year}.",
         "Total deposits {direction} {pct}% to ${amount_dec} billion at December 31, {year}.",
         "Noninterest expense {direction} ${amount} million, primarily due to {expense_item}.",
         "The common equity Tier 1 capital ratio was {cet1}% at December 31, {year}.",
@@ -164,15 +224,18 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Wealth management fees {direction} {pct}% as assets under management reached ${amount_dec} billion.",
         "The net interest margin was {nim}% for {year}, compared with {nim2}% for {prev_year}.",
         "{S} {v:maintain} a diversified loan portfolio across {region}.",
-        "Liquidity is managed through deposits, borrowings and holdings of investment securities of ${amount_dec} billion.",
+        "Liquidity is managed through deposits, borrowings and holdings of investment securities of ${amount_dec} "
+        "billion.",
     ),
     "hard_negative": (
         "{S} {v:continue} to invest in {plain_tech} to modernize {our} digital banking platform.",
         "In {year}, {s} deployed {plain_tech} to {plain_task}.",
         "{S} {v:use} {plain_tech} to {plain_task}.",
-        "The allowance for credit losses is estimated using {credit_model} models that incorporate {macro_var} forecasts.",
+        "The allowance for credit losses is estimated using {credit_model} models that incorporate {macro_var} "
+        "forecasts.",
         "Model risk management includes independent validation of the {credit_model} models used in {model_use}.",
-        "Interest rate risk is measured with a simulation model that projects net interest income under {small} rate scenarios.",
+        "Interest rate risk is measured with a simulation model that projects net interest income under {small} "
+        "rate scenarios.",
         "Our employee learning and development programs provided {count} thousand hours of training in {year}.",
         "{S} {v:operate} {count} automated teller machines across {region}.",
         "Market intelligence and customer research inform our pricing of deposit products in {region}.",

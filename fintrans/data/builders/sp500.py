@@ -124,5 +124,6 @@ def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
 
 
 SPEC = DatasetSpec(name="sp500", builder=Sp500,
-                   fields={"input_len": (1, "days of history per window"), "horizon": (1, "days to forecast per window")},
+                   fields={"input_len": (1, "days of history per window"),
+                           "horizon": (1, "days to forecast per window")},
                    read=read)
