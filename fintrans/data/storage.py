@@ -43,6 +43,8 @@ def _construct(builder_cls, data_dir: Path):
     try:
         return builder_cls(data_dir=os.fspath(data_dir), file_format="array_record")
     except Exception as e:  # a damaged dataset_info.json / features.json fails inside tfds
+        if not (version_dir / "dataset_info.json").exists():
+            raise  # nothing prepared there: not a damaged dataset
         raise DatasetCorruptError(
             f"the prepared dataset in {version_dir} cannot be opened ({type(e).__name__}: {e}); delete "
             f"{version_dir} and prepare it again") from e

@@ -28,6 +28,8 @@ def test_config_dict_is_accepted_and_unknown_or_missing_fields_are_named(data_di
         fd.load({"name": "sp500", "input_len": 16, "data_dir": str(data_dir)})
     with pytest.raises(DataConfigError, match="seq_len .* must be an integer >= 1; got 0"):
         fd.load({"name": "chars", "seq_len": 0, "data_dir": str(data_dir)})
+    with pytest.raises(DataConfigError, match="seq_len=100000 leaves no window in split 'validation'"):
+        fd.load({"name": "chars", "seq_len": 100_000, "data_dir": str(data_dir)})
     with pytest.raises(DataConfigError, match="input_len=3000 \\+ horizon=1000 leaves no window"):
         fd.load({"name": "sp500", "input_len": 3000, "horizon": 1000, "data_dir": str(data_dir)})
 

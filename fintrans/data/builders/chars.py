@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fintrans.data import tokenizers
-from fintrans.data.errors import DatasetCorruptError
+from fintrans.data.errors import DataConfigError, DatasetCorruptError
 from fintrans.data.builders.base import OfflineBuilder
 from fintrans.data.sources import WindowSource
 from fintrans.data.spec import DatasetSpec, Loaded
@@ -98,6 +98,9 @@ def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
         tokens = np.concatenate([r["tokens"] for r in recs]) if recs else np.zeros((0,), np.int32)
         num_tokens[split] = len(tokens)
         count = max(len(tokens) - 1, 0) // seq_len  # windows of seq_len + 1 overlapping by one token
+        if count == 0:
+            raise DataConfigError(f"chars: seq_len={seq_len} leaves no window in split {split!r} ({len(tokens)} "
+                                  f"tokens); use a shorter seq_len")
         sources[split] = WindowSource(tokens.astype(np.int32), length=seq_len + 1, stride=seq_len, first=0,
                                       count=count, make=_shifted_pair)
     info = {"vocab_size": tokenizers.ASCII_VOCAB_SIZE, "seq_len": seq_len, "num_tokens": num_tokens,
