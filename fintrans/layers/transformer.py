@@ -29,6 +29,7 @@ class TransformerBlock(nn.Module):
     use_bias: bool = True
     rotary: bool = False
     dropout_rate: float = 0.0
+    mlp_dropout_rate: Optional[float] = None  # on the MLP's hidden activations; None: dropout_rate (BERT: 0)
     attention_impl: Optional[str] = None
     decode: bool = False
     dtype: Any = jnp.float32
@@ -48,8 +49,9 @@ class TransformerBlock(nn.Module):
             use_bias=self.use_bias, rotary=self.rotary, dropout_rate=self.dropout_rate,
             attention_impl=self.attention_impl, decode=self.decode, dtype=self.dtype,
             param_dtype=self.param_dtype, name="attention")
+        mlp_dropout = self.dropout_rate if self.mlp_dropout_rate is None else self.mlp_dropout_rate
         mlp = MLP(self.mlp_dim, activation=self.activation, glu=self.glu, use_bias=self.use_bias,
-                  dropout_rate=self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp")
+                  dropout_rate=mlp_dropout, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp")
         drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         attend = lambda y: attn(y, mask=mask, causal=causal, segment_ids=segment_ids, positions=positions,
                                 deterministic=deterministic)
