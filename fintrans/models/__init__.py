@@ -16,10 +16,10 @@ from fintrans.models.config import ConfigError, ModelConfig
 # Files that register models; imported on first use of the registry.
 _MODEL_MODULES = (
     "fintrans.models.decoder_lm",
-    # "fintrans.models.bert",
-    # "fintrans.models.vit",
-    # "fintrans.models.ltsf_linear",
-    # "fintrans.models.transformer_forecaster",
+    "fintrans.models.bert",
+    "fintrans.models.vit",
+    "fintrans.models.ltsf_linear",
+    "fintrans.models.transformer_forecaster",
 )
 
 

@@ -1,0 +1,82 @@
+"""decoder_lm: causality, KV-cache decoding against full forward passes, greedy generation."""
+from __future__ import annotations
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fintrans.models import decoder_lm
+from model_cases import BATCH, built, config_of, jit
+
+NAME = "decoder_lm"
+
+
+def test_future_tokens_do_not_change_past_logits():
+    b = built(NAME)
+    tokens = np.array(b.batch["inputs"])
+    logits = b.forward(b.params, {"inputs": tokens})
+    t = 5
+    changed = tokens.copy()
+    changed[:, t:] = (changed[:, t:] + 1 + np.arange(changed.shape[1] - t)) % b.config.vocab_size
+    logits2 = b.forward(b.params, {"inputs": changed})
+    chex.assert_trees_all_close(logits2[:, :t], logits[:, :t], atol=1e-5)
+    assert not np.allclose(logits2[:, t:], logits[:, t:], atol=1e-3)  # the changed tokens do matter
+
+
+@functools.lru_cache(maxsize=None)
+def _model(num_kv_heads):
+    """The case's config with the given key/value heads: (config, params, jitted forward, jitted decode_step)."""
+    if num_kv_heads == built(NAME).config.num_kv_heads:
+        b = built(NAME)
+        return b.config, b.params, b.forward, jit(functools.partial(decoder_lm.decode_step, b.config))
+    cfg = config_of(NAME, num_kv_heads=num_kv_heads)
+    model = decoder_lm.DecoderLM(cfg)
+    tokens = jnp.zeros((BATCH, 12), jnp.int32)
+    params = nn.unbox(jit(model.init)(jax.random.PRNGKey(0), {"inputs": tokens}))
+    return cfg, params, jit(lambda p, x: model.apply(p, x)), jit(functools.partial(decoder_lm.decode_step, cfg))
+
+
+@pytest.mark.parametrize("num_kv_heads", [2, None], ids=["grouped_query", "multi_head"])
+def test_cached_decoding_matches_full_forward(num_kv_heads):
+    cfg, params, forward, step = _model(num_kv_heads)
+    assert cfg.num_kv_heads == num_kv_heads
+    tokens = jnp.asarray(built(NAME).batch["inputs"])  # [3, 12]
+    full = forward(params, {"inputs": tokens})
+    cache = decoder_lm.init_cache(cfg, tokens.shape[0])
+    prefill = 5
+    logits, cache = step(params["params"], cache, tokens[:, :prefill])
+    pieces = [logits]
+    for t in range(prefill, tokens.shape[1]):
+        logits, cache = step(params["params"], cache, tokens[:, t:t + 1])
+        pieces.append(logits)
+    chex.assert_trees_all_close(jnp.concatenate(pieces, axis=1), full, atol=2e-5, rtol=1e-5)
+
+
+def test_greedy_generate_equals_argmax_of_full_forward_passes():
+    b = built(NAME)
+    cfg = b.config
+    prompt = jnp.asarray(b.batch["inputs"][:, :4])
+    num_new = 8  # prompt + new = 12: the case's length, so b.forward is reused
+    generate = jit(decoder_lm.generate, static_argnums=(0, 3), static_argnames=("temperature", "top_k"))
+    out = np.asarray(generate(cfg, b.params["params"], prompt, num_new, jax.random.PRNGKey(0), temperature=0.0))
+    chex.assert_shape(out, (BATCH, 4 + num_new))
+    np.testing.assert_array_equal(out[:, :4], prompt)
+
+    # The model is causal, so positions after t cannot change the logits at t: pad with zeros.
+    expected = np.zeros((BATCH, 4 + num_new), np.int32)
+    expected[:, :4] = prompt
+    for t in range(4, 4 + num_new):
+        logits = b.forward(b.params, {"inputs": jnp.asarray(expected)})
+        expected[:, t] = np.argmax(np.asarray(logits[:, t - 1]), axis=-1)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_generate_rejects_too_long_requests():
+    b = built(NAME)
+    with pytest.raises(ValueError, match="max_len=16"):
+        decoder_lm.generate(b.config, b.params["params"], jnp.zeros((1, 10), jnp.int32), 7, jax.random.PRNGKey(0))
