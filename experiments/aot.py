@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -23,6 +24,10 @@ from ml_collections import config_flags
 
 from fintrans import parallel
 from fintrans.train import Trainer
+
+# Compiling needs libtpu but no TPU; without this, two compiling processes (or a killed one that
+# left its lock behind) make libtpu refuse to load.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 GiB = 1 << 30
 # High-bandwidth memory per chip, by topology name prefix.
@@ -74,6 +79,12 @@ def _cost(compiled) -> dict:
     return dict(cost or {})
 
 
+def _strip_boxes(tree):
+    """Unboxes logical-axis metadata without nn.unbox's sharding constraint (which would run eagerly)."""
+    return jax.tree.map(lambda x: x.value if isinstance(x, nn.LogicallyPartitioned) else x, tree,
+                        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
 def topology_devices(topology: str, num_slices: int = 1) -> list:
     topo = topologies.get_topology_desc(platform="tpu", topology_name=topology, num_slices=num_slices)
     return list(topo.devices)
@@ -93,7 +104,7 @@ def compile_for_topology(config, topology: str, num_slices: int = 1) -> tuple[Co
                                         sharding=parallel.replicated(mesh))
         init = jax.jit(lambda r: nn.unbox(boxed_init(r)), out_shardings=shardings).lower(rng_spec).compile()
         abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                      nn.unbox(abstract_boxed), shardings)
+                                      _strip_boxes(abstract_boxed), shardings)
         batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype, sharding=trainer.batch_sharding)
                  for k, v in example.items()}
         step = trainer.make_train_step(shardings).lower(abstract_state, batch).compile()

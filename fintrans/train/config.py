@@ -19,7 +19,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.task = ""  # fintrans.tasks name: lm | classification | forecasting
     c.model = ml_collections.ConfigDict({"name": ""})  # plus the model config's fields
-    c.data = ml_collections.ConfigDict({"name": ""})  # plus the dataset's fields (see fintrans.data)
+    # Plus the dataset's own fields (see fintrans.data). data_dir None: $FINTRANS_DATA_DIR or
+    # ~/.cache/fintrans/tfds; prepare: build the dataset there if it is missing.
+    c.data = ml_collections.ConfigDict({"name": "", "data_dir": ml_collections.config_dict.placeholder(str),
+                                        "prepare": True})
     c.batch_size = 32  # global, across all hosts
     c.eval_batch_size = 64
     c.total_steps = 1000

@@ -73,11 +73,27 @@ def build_model(config: ml_collections.ConfigDict, info: dict):
         fields["dtype"] = config.compute_dtype
     spec = models.get(config.model.name)
     model_cfg = spec.config.from_dict(fields)
-    for key in ("vocab_size", "num_classes"):
-        if key in info and hasattr(model_cfg, key) and getattr(model_cfg, key) != info[key]:
-            raise ConfigError(f"model.{key}={getattr(model_cfg, key)} but dataset {info.get('name')!r} has "
-                              f"{key}={info[key]}")
+    _check_against_data(model_cfg, info, config.data)
     return spec.module(model_cfg), model_cfg
+
+
+# model config field -> dataset info / data config key that must agree with it.
+_MUST_MATCH = {"vocab_size": "vocab_size", "num_classes": "num_classes", "num_channels": "num_channels",
+               "image_size": "image_size", "input_len": "input_len", "horizon": "horizon"}
+
+
+def _check_against_data(model_cfg, info: dict, data_cfg) -> None:
+    """Fails before compiling when the model cannot take the dataset's batches."""
+    known = {**{k: v for k, v in data_cfg.items()}, **info}
+    if "channels" in info and "num_channels" not in info and isinstance(info["channels"], int):
+        known["num_channels"] = info["channels"]
+    for field, key in _MUST_MATCH.items():
+        if hasattr(model_cfg, field) and key in known and getattr(model_cfg, field) != known[key]:
+            raise ConfigError(f"model.{field}={getattr(model_cfg, field)} but dataset {info.get('name')!r} has "
+                              f"{key}={known[key]}")
+    length = known.get("seq_len", known.get("max_len"))
+    if hasattr(model_cfg, "max_len") and length is not None and model_cfg.max_len < length:
+        raise ConfigError(f"model.max_len={model_cfg.max_len} is shorter than the dataset's sequences ({length})")
 
 
 class Trainer:
@@ -101,7 +117,8 @@ class Trainer:
         self.tx = make_optimizer(config.optimizer, config.total_steps)
         self.lr = learning_rate_schedule(config.optimizer, config.total_steps)
         self.batch_sharding = parallel.batch_sharding(self.mesh, self.rules)
-        self.base_rng = jax.random.PRNGKey(config.seed)
+        self.base_rng = jax.random.PRNGKey(config.seed)  # train step t uses fold_in(base_rng, t)
+        self.init_rng = jax.random.fold_in(self.base_rng, 0x1417)
 
     # -- state ---------------------------------------------------------------------------------
     def example_batch(self) -> dict[str, np.ndarray]:
@@ -121,10 +138,6 @@ class Trainer:
             return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=self.tx.init(params))
 
         return boxed_init
-
-    @property
-    def init_rng(self) -> jax.Array:
-        return jax.random.fold_in(self.base_rng, 0x1417)
 
     def init_state(self, example: dict[str, np.ndarray]) -> tuple[TrainState, Any]:
         return parallel.sharded_init(self.boxed_init_fn(example), self.mesh, self.rules, self.init_rng)
