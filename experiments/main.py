@@ -11,6 +11,7 @@ import json
 import logging
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from fintrans.train import train_and_evaluate
@@ -25,6 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint step at INFO
     logging.getLogger("fintrans").setLevel(logging.INFO)
     results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     final = {**results.get("train", {}), **results.get("eval", {})}

@@ -21,7 +21,8 @@ KV_HEADS = "kv_heads"  # key/value heads (grouped-query attention)
 HEAD_DIM = "head_dim"
 VOCAB = "vocab"
 CLASSES = "classes"
-LENGTH = "length"  # learned positional tables, time-mixing weights
+LENGTH = "length"  # learned positional tables, the input side of time-mixing weights
+HORIZON = "horizon"  # forecast steps: the output side of time-mixing weights
 CHANNELS = "channels"  # input channels of patch embeddings and series
 NORM = "norm"  # scales and biases of norms: never sharded
 LAYERS = "layers"  # stacked layers (scan)
@@ -55,6 +56,7 @@ DEFAULT_RULES: tuple[tuple[str, object], ...] = (
     (HEAD_DIM, None),
     (CLASSES, None),
     (LENGTH, None),
+    (HORIZON, None),
     (CHANNELS, None),
     (NORM, None),
     (LAYERS, None),

@@ -115,7 +115,7 @@ class BertClassifier(nn.Module):
                 dtype=dtype, param_dtype=pdtype, name=f"block_{i}",
             )(x, mask=key_mask, deterministic=deterministic)
 
-        pooled = jnp.tanh(Dense(cfg.embed_dim, (axes.EMBED,), (axes.EMBED,), dtype=dtype, param_dtype=pdtype,
+        pooled = jnp.tanh(Dense(cfg.embed_dim, (axes.EMBED,), (axes.MLP,), dtype=dtype, param_dtype=pdtype,
                                 name="pooler")(x[:, 0]))
         pooled = nn.Dropout(cfg.dropout_rate)(pooled, deterministic=deterministic)
         logits = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dtype, param_dtype=pdtype,

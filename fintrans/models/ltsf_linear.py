@@ -64,12 +64,12 @@ class TimeLinear(nn.Module):
         init = _torch_linear_init(length)
         x = x.astype(self.dtype)
         if not self.individual:
-            y = Dense(self.horizon, (axes.LENGTH,), (axes.LENGTH,), kernel_init=init, bias_init=init,
+            y = Dense(self.horizon, (axes.LENGTH,), (axes.HORIZON,), kernel_init=init, bias_init=init,
                       dtype=self.dtype, param_dtype=self.param_dtype, name="linear")(jnp.swapaxes(x, 1, 2))
             return jnp.swapaxes(y, 1, 2)
         kernel = param_with_axes(self, "kernel", init, (channels, length, self.horizon),
-                                 (axes.CHANNELS, axes.LENGTH, axes.LENGTH), self.param_dtype)
-        bias = param_with_axes(self, "bias", init, (channels, self.horizon), (axes.CHANNELS, axes.LENGTH),
+                                 (axes.CHANNELS, axes.LENGTH, axes.HORIZON), self.param_dtype)
+        bias = param_with_axes(self, "bias", init, (channels, self.horizon), (axes.CHANNELS, axes.HORIZON),
                                self.param_dtype)
         y = jnp.einsum("blc,clh->bhc", x, kernel.astype(self.dtype))
         return y + bias.T.astype(self.dtype)

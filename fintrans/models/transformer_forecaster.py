@@ -94,12 +94,12 @@ class TransformerForecaster(nn.Module):
         x = LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="final_norm")(x)
 
         if cfg.head == "flatten":
-            y = Dense((cfg.horizon, cfg.num_channels), (axes.LENGTH, axes.EMBED), (axes.LENGTH, axes.CHANNELS),
+            y = Dense((cfg.horizon, cfg.num_channels), (axes.LENGTH, axes.EMBED), (axes.HORIZON, axes.CHANNELS),
                       dtype=dtype, param_dtype=pdtype, name="head")(x)
         else:
             y = Dense(cfg.num_channels, (axes.EMBED,), (axes.CHANNELS,), dtype=dtype, param_dtype=pdtype,
                       name="step_proj")(x)  # [B, input_len, C]
-            y = Dense(cfg.horizon, (axes.LENGTH,), (axes.LENGTH,), dtype=dtype, param_dtype=pdtype,
+            y = Dense(cfg.horizon, (axes.LENGTH,), (axes.HORIZON,), dtype=dtype, param_dtype=pdtype,
                       name="time_proj")(jnp.swapaxes(y, 1, 2))
             y = jnp.swapaxes(y, 1, 2)
         y = nn.with_logical_constraint(y, (axes.ACT_BATCH, axes.ACT_LENGTH, None))

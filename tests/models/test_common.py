@@ -100,6 +100,11 @@ def test_parameters_carry_logical_axes(name):
         assert isinstance(leaf, nn.Partitioned), f"{name}: a parameter without logical axes: {leaf}"
         assert len(leaf.names) == leaf.value.ndim
         assert set(leaf.names) <= AXIS_NAMES | {None}, leaf.names
+        named = [n for n in leaf.names if n is not None]
+        assert len(named) == len(set(named)), f"{name}: a logical axis repeats in {leaf.names}"
+    # Every annotation must resolve to mesh axes under the default rules (what sharded init does).
+    for leaf in leaves:
+        nn.logical_to_mesh_axes(leaf.names, axes.DEFAULT_RULES)
 
 
 @pytest.mark.parametrize("name", NAMES)
