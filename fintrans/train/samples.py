@@ -59,7 +59,8 @@ def forecasting_sample(trainer, params, print_fn) -> dict[str, Any]:
     info = trainer.dataset.info
     mean, std = np.asarray(info["mean"]), np.asarray(info["std"])
     names = list(info.get("channels", range(predictions.shape[-1])))
-    channel = names.index("Close") if "Close" in names else 0
+    lowered = [str(n).lower() for n in names]
+    channel = lowered.index("close") if "close" in lowered else 0
     denorm = lambda x: x[:, channel] * std[channel] + mean[channel]
     pred, true, history = denorm(predictions), denorm(batch["targets"][0]), denorm(batch["inputs"][0])
     print_fn(f"\n--- first test window, channel {names[channel]!r}: predicted / true ---")
@@ -73,10 +74,11 @@ def forecasting_sample(trainer, params, print_fn) -> dict[str, Any]:
 
 
 def _plot_forecast(path, history, pred, true, name):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 3))
+    # A bare Figure, not pyplot: switching pyplot's backend (matplotlib.use) would stop a notebook's
+    # inline figures after training.
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(8, 3))
+    ax = fig.subplots()
     t_hist = np.arange(-len(history), 0)
     t_future = np.arange(len(pred))
     ax.plot(t_hist, history, color="gray", label="history")
@@ -87,7 +89,6 @@ def _plot_forecast(path, history, pred, true, name):
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
