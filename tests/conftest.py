@@ -1,5 +1,28 @@
-"""Test-wide setup: CPU only (libtpu is installed for AOT tests and must not grab the backend)."""
+"""Test-wide setup: CPU only, and datasets built into a fresh directory per test session (worker)."""
 import os
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu is installed for AOT tests; it must not grab the backend
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Compiling dominates CPU test time: reuse compiled programs across tests, workers and subprocesses
+# (tests that retrain the same tiny model hit the cache), and compile with less LLVM optimisation.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_REPO, ".pytest_cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_data_dir(tmp_path_factory):
+    """Datasets are built from the wheels' embedded data into a per-session directory, so tests
+    neither depend on nor write to the user's ~/.cache/fintrans. Subprocesses inherit it."""
+    previous = os.environ.get("FINTRANS_DATA_DIR")
+    path = tmp_path_factory.mktemp("tfds")
+    os.environ["FINTRANS_DATA_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("FINTRANS_DATA_DIR", None)
+    else:
+        os.environ["FINTRANS_DATA_DIR"] = previous

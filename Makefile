@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` trains the default experiment on CPU, `make test` runs the suite.
+# Both create .venv if it is missing and install the package (exact tested versions from constraints.txt).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+DEMO_WORKDIR ?= workdirs/demo
+DEMO_CONFIG ?= experiments/configs/lm_chars.py:runlocal
+PYTEST_ARGS ?= -n 2 --durations=15
+# libtpu (installed for AOT compiles) would otherwise probe for a TPU on every start.
+export JAX_PLATFORMS ?= cpu
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+.PHONY: demo test install install-test clean
+.DEFAULT_GOAL := demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml constraints.txt
+	$(PIP) install --quiet -c constraints.txt -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install --quiet -c constraints.txt -e ".[test,parity,tpu]"
+	@touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed
+	rm -rf $(DEMO_WORKDIR)
+	$(BIN)/python -m experiments.main --config=$(DEMO_CONFIG) --workdir=$(DEMO_WORKDIR)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache
