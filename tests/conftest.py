@@ -4,12 +4,10 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu is installed for AOT tests; it must not grab the backend
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Compiling dominates CPU test time: reuse compiled programs across tests, workers and subprocesses
-# (tests that retrain the same tiny model hit the cache), and compile with less LLVM optimisation.
+# (tests that retrain the same tiny model hit the cache).
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_REPO, ".pytest_cache", "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import pytest  # noqa: E402
 
