@@ -3,8 +3,8 @@ AI disclosures, on the synthetic bank-report sentences of fintrans.data (`finai_
 
 Launch (CPU, under a minute):
   python -m experiments.main --config=experiments/configs/bert_finai.py:runlocal --workdir=/tmp/bert_finai
-bert-base, as in the paper (12 layers, 768 wide, 12 heads; TPU/GPU):
-  python -m experiments.main --config=experiments/configs/bert_finai.py --workdir=gs://BUCKET/bert_finai \
+bert-base, as in the paper (12 layers, 768 wide, 12 heads; TPU/GPU hosts sharing WORKDIR):
+  python -m experiments.main --config=experiments/configs/bert_finai.py --workdir=/mnt/shared/bert_finai \
       --config.mesh.fsdp=4 --config.multihost=True
 """
 from experiments.configs.common import parse_arg

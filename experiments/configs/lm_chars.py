@@ -2,8 +2,8 @@ r"""Decoder-only character LM on Python standard-library source (the default exp
 
 Launch (CPU, about a minute):
   python -m experiments.main --config=experiments/configs/lm_chars.py:runlocal --workdir=/tmp/lm_chars
-Full run (TPU pod slice or GPU host; see README for multi-host launch):
-  python -m experiments.main --config=experiments/configs/lm_chars.py --workdir=gs://BUCKET/lm_chars \
+Full run (TPU pod slice or GPU hosts; WORKDIR on a filesystem every host mounts; see README):
+  python -m experiments.main --config=experiments/configs/lm_chars.py --workdir=/mnt/shared/lm_chars \
       --config.mesh.fsdp=4 --config.multihost=True
 """
 from experiments.configs.common import parse_arg
