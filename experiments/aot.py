@@ -122,10 +122,16 @@ def compile_for_topology(config, topology: str, num_slices: int = 1) -> tuple[Co
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:8x8.")
-flags.DEFINE_integer("num_slices", 1, "Number of slices (multi-slice over DCN; set config.mesh.dcn).")
-flags.DEFINE_string("json", None, "Also write the report to this JSON file.")
+
+
+def _define_flags():
+    """Defined only when run as a script: absl flags are process-global, so defining `config` at import
+    would clash with experiments.main's (DuplicateFlagError) in any process that imports both."""
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:8x8.")
+    flags.DEFINE_integer("num_slices", 1, "Number of slices (multi-slice over DCN; set config.mesh.dcn).")
+    flags.DEFINE_string("json", None, "Also write the report to this JSON file.")
+    flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
@@ -138,5 +144,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
+    _define_flags()
     app.run(main)
