@@ -28,7 +28,11 @@ class Embed(nn.Module):
     def __call__(self, ids: jax.Array) -> jax.Array:
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise ValueError(f"{self.name}: token ids must be integers, got {ids.dtype}")
-        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        # All-gather the vocab-split table first (as FSDP does for every weight): a gather from a
+        # table split over vocab makes the partitioner replicate the result on every device instead.
+        table = nn.with_logical_constraint(self.embedding, (None, axes.ACT_EMBED))
+        out = jnp.take(table, ids, axis=0).astype(self.dtype)
+        return nn.with_logical_constraint(out, (axes.ACT_BATCH,) + (None,) * (ids.ndim - 1) + (axes.ACT_EMBED,))
 
     def attend(self, x: jax.Array) -> jax.Array:
         return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype))
