@@ -17,16 +17,20 @@ def _first_batch(trainer, split: str) -> dict[str, np.ndarray]:
 
 
 def _predict(trainer, params, batch):
+    """Outputs on `batch` (this host's rows) and the batch itself, both gathered from every host: each
+    process gets the same global arrays, so predictions and their inputs/labels stay row-aligned."""
     global_batch = parallel.global_batch(batch, trainer.batch_sharding)
     out = jax.jit(lambda p, b: trainer.model.apply({"params": p}, b, train=False))(params, global_batch)
-    return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+    gathered = multihost_utils.process_allgather({"out": out, "batch": global_batch}, tiled=True)
+    return np.asarray(gathered["out"]), {k: np.asarray(v) for k, v in gathered["batch"].items()}
 
 
 def lm_sample(trainer, params, print_fn) -> dict[str, Any]:
     from fintrans.models.decoder_lm import generate
     s = trainer.config.sample
     batch = _first_batch(trainer, "validation")
-    prompt = jnp.asarray(batch["inputs"][:1, : s.prompt_len])
+    # Process 0's first row on every host: generate takes the prompt as replicated, so all hosts must pass the same.
+    prompt = jnp.asarray(multihost_utils.broadcast_one_to_all(np.asarray(batch["inputs"][:1, : s.prompt_len])))
     num_tokens = min(s.num_tokens, trainer.model_config.max_len - prompt.shape[1])
     tokens = jax.jit(lambda p, x, r: generate(trainer.model_config, p, x, num_tokens, r, temperature=s.temperature,
                                               top_k=s.top_k or None))(params, prompt, jax.random.PRNGKey(0))
@@ -40,8 +44,8 @@ def lm_sample(trainer, params, print_fn) -> dict[str, Any]:
 
 def classification_sample(trainer, params, print_fn) -> dict[str, Any]:
     n = trainer.config.sample.num_examples
-    batch = _first_batch(trainer, "test")
-    predicted = _predict(trainer, params, batch).argmax(-1)[:n]
+    outputs, batch = _predict(trainer, params, _first_batch(trainer, "test"))
+    predicted = outputs.argmax(-1)[:n]
     labels = batch["label"][:n]
     print_fn("\n--- test examples: predicted / true ---")
     for i in range(len(labels)):
@@ -54,8 +58,8 @@ def classification_sample(trainer, params, print_fn) -> dict[str, Any]:
 
 
 def forecasting_sample(trainer, params, print_fn) -> dict[str, Any]:
-    batch = _first_batch(trainer, "test")
-    predictions = _predict(trainer, params, batch)[0]
+    outputs, batch = _predict(trainer, params, _first_batch(trainer, "test"))
+    predictions = outputs[0]
     info = trainer.dataset.info
     mean, std = np.asarray(info["mean"]), np.asarray(info["std"])
     names = list(info.get("channels", range(predictions.shape[-1])))
