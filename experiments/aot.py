@@ -10,6 +10,7 @@ way it would on the pod.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 from absl import app, flags
 from jax.experimental import topologies
+from jax.experimental.compilation_cache import compilation_cache
 from ml_collections import config_flags
 
 from fintrans import parallel
@@ -90,6 +92,20 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
     return list(topo.devices)
 
 
+@contextlib.contextmanager
+def _without_persistent_cache():
+    """TPU executables compiled on a machine without a TPU cannot be loaded back, so they must not
+    land in a persistent compilation cache (JAX_COMPILATION_CACHE_DIR) that later runs read."""
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # jax decides once per process whether to use the cache
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+        compilation_cache.reset_cache()
+
+
 def compile_for_topology(config, topology: str, num_slices: int = 1) -> tuple[CompileReport, Any, Any]:
     """AOT-compiles `config`'s init and train step; returns (report, compiled init, compiled step)."""
     devices = topology_devices(topology, num_slices)
@@ -97,7 +113,7 @@ def compile_for_topology(config, topology: str, num_slices: int = 1) -> tuple[Co
     example = trainer.example_batch()
     boxed_init = trainer.boxed_init_fn(example)
     mesh, rules = trainer.mesh, trainer.rules
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with _without_persistent_cache(), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         abstract_boxed = jax.eval_shape(boxed_init, trainer.init_rng)
         shardings = parallel.mesh_shardings(abstract_boxed, mesh, rules)
         rng_spec = jax.ShapeDtypeStruct(trainer.init_rng.shape, trainer.init_rng.dtype,
