@@ -185,6 +185,42 @@ class Trainer:
         return {**summary, **self.task.derived(summary)}
 
 
+class _PendingMetrics:
+    """Train-step scalars left on the device and fetched in groups, so steps dispatch without a
+    host sync each."""
+
+    def __init__(self):
+        self._steps: list[tuple[int, dict]] = []
+        self._fetched: list[dict] | None = None
+        self._since = time.perf_counter()
+
+    def add(self, step: int, scalars: dict) -> None:
+        self._steps.append((step, scalars))
+        self._fetched = None
+
+    def _host(self) -> list[dict]:
+        if self._fetched is None:
+            self._fetched = jax.device_get([m for _, m in self._steps])
+        return self._fetched
+
+    def first_nonfinite_loss(self) -> tuple[int, float] | None:
+        for (step, _), m in zip(self._steps, self._host()):
+            if not math.isfinite(float(m["loss"])):
+                return step, float(m["loss"])
+        return None
+
+    def mean_and_clear(self) -> dict[str, float]:
+        """{'train/NAME': mean over the pending steps, 'train/steps_per_second': ...}; {} if none."""
+        fetched = self._host()
+        if not fetched:
+            return {}
+        mean = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+        now = time.perf_counter()
+        mean["train/steps_per_second"] = len(fetched) / max(now - self._since, 1e-9)
+        self._steps, self._fetched, self._since = [], None, now
+        return mean
+
+
 def _global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
@@ -202,7 +238,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start = checkpointer.latest_step()
     if start is not None:
         state = checkpointer.restore(start, ckpt.abstract_like(state), train_it)
-        metrics_lib.truncate_after(t.workdir, start) if t.is_main else None
+        if t.is_main:
+            metrics_lib.truncate_after(t.workdir, start)
         log.info("resumed from step %d in %s", start, checkpointer.directory)
     start = int(start or 0)
 
@@ -210,35 +247,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_step = t.make_train_step(shardings)
     eval_step = t.make_eval_step(shardings.params)
     last_good = start if checkpointer.latest_step() is not None else None
-    pending: list[tuple[int, dict]] = []
+    pending = _PendingMetrics()
     results: dict[str, Any] = {"resumed_from": start or None}
     run_limit = cfg.get("max_steps_per_run", 0)
     bar = tqdm(total=cfg.total_steps, initial=start, disable=not (t.is_main and cfg.progress_bar),
                desc=f"{cfg.model.name} on {cfg.data.name}", dynamic_ncols=True)
 
     def flush(step: int) -> None:
-        """Moves pending step metrics to the host, stopping on a non-finite loss before any save."""
-        if not pending:
-            return
-        fetched = jax.device_get([m for _, m in pending])
-        for (s, _), m in zip(pending, fetched):
-            if not math.isfinite(float(m["loss"])):
-                pending.clear()
-                raise NonFiniteLossError(
-                    f"loss is {float(m['loss'])} at step {s}; stopping. The latest checkpoint "
-                    f"({'step ' + str(last_good) if last_good is not None else 'none yet'} in "
-                    f"{checkpointer.directory}) holds the last good state. Lower optimizer.learning_rate, "
-                    "set optimizer.grad_clip_norm, or use compute_dtype='float32'.")
-        mean = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-        elapsed = time.perf_counter() - flush.t0
-        mean["train/steps_per_second"] = len(fetched) / max(elapsed, 1e-9)
-        flush.t0 = time.perf_counter()
-        writer.write(step, mean)
-        bar.set_postfix(loss=f"{mean['train/loss']:.4f}")
-        results["train"] = mean
-        pending.clear()
+        """Logs the steps since the last flush; stops on a non-finite loss before anything is saved."""
+        bad = pending.first_nonfinite_loss()
+        if bad is not None:
+            raise NonFiniteLossError(
+                f"loss is {bad[1]} at step {bad[0]}; stopping. The latest checkpoint "
+                f"({'step ' + str(last_good) if last_good is not None else 'none yet'} in "
+                f"{checkpointer.directory}) holds the last good state. Lower optimizer.learning_rate, "
+                "set optimizer.grad_clip_norm, or use compute_dtype='float32'.")
+        mean = pending.mean_and_clear()
+        if mean:
+            writer.write(step, mean)
+            bar.set_postfix(loss=f"{mean['train/loss']:.4f}")
+            results["train"] = mean
 
-    flush.t0 = time.perf_counter()
     step = start
     try:
         with _Preemption() as preemption, jax.set_mesh(t.mesh), nn.logical_axis_rules(t.rules):
@@ -247,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 state, scalars = train_step(state, batch)
                 step += 1
                 bar.update(1)
-                pending.append((step, scalars))
+                pending.add(step, scalars)
                 final = step == cfg.total_steps
                 stop = preemption.should_stop(step) or (run_limit and step - start >= run_limit)
                 if step % cfg.log_every == 0 or final or stop:
@@ -263,8 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     log.warning("stopping at step %d (%s); checkpoint saved", step,
                                 "SIGTERM" if preemption.requested else "max_steps_per_run")
                     break
-            if pending:
-                flush(step)
+            flush(step)
     finally:
         bar.close()
         checkpointer.close()
