@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("libtpu", reason="AOT compiles for TPU topologies need libtpu: pip install -e '.[tpu]'")
+import jax
+import libtpu  # noqa: F401  (fails loudly without the `tpu` extra, which `make test` installs)
+from jax.sharding import PartitionSpec as P
 
-import jax  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-from experiments import aot  # noqa: E402
-from experiments.configs import lm_chars  # noqa: E402
+from experiments import aot
+from experiments.configs import lm_chars
 
 REPO = Path(__file__).resolve().parents[2]
 TOPOLOGY = "v5e:2x2"
