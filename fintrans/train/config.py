@@ -13,10 +13,13 @@ import ml_collections
 from fintrans import models
 from fintrans.models.config import DTYPES, ConfigError
 
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.rng_impl = "threefry2x32"  # or 'rbg' / 'unsafe_rbg' (faster on TPU; see Trainer)
     c.task = ""  # fintrans.tasks name: lm | classification | forecasting
     c.model = ml_collections.ConfigDict({"name": ""})  # plus the model config's fields
     # Plus the dataset's own fields (see fintrans.data). data_dir None: $FINTRANS_DATA_DIR or
@@ -72,6 +75,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         value = config.get(key, ref[key])
         if not isinstance(value, int) or value <= 0:
             raise ConfigError(f"config.{key}={value!r} must be a positive integer")
+    if config.get("rng_impl", ref.rng_impl) not in RNG_IMPLS:
+        raise ConfigError(f"config.rng_impl={config.rng_impl!r}; choose from {RNG_IMPLS}")
     if config.get("compute_dtype", "") not in ("",) + tuple(DTYPES):
         raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}; choose from {('',) + tuple(DTYPES)}")
     return config

@@ -128,3 +128,8 @@ def test_missing_data_directory_names_the_path(tmp_path):
     c.data.prepare = False
     with pytest.raises(DatasetNotPreparedError, match="no_such_dir"):
         train_and_evaluate(c, tmp_path / "work")
+
+
+def test_unknown_rng_implementation_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"rng_impl='philox'.*threefry2x32"):
+        train_and_evaluate(tiny_lm(rng_impl="philox"), tmp_path)

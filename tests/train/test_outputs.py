@@ -47,3 +47,13 @@ def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
     assert {x.dtype for x in jax.tree.leaves(result["state"].params)} == {jnp.dtype(jnp.float32)}
     losses = [r["train/loss"] for r in read_metrics(tmp_path) if "train/loss" in r]
     assert len(losses) == 4 and np.isfinite(losses).all()
+
+
+def test_rbg_keys_train_and_resume_exactly(tmp_path):
+    whole = train_and_evaluate(tiny_lm(total_steps=6, rng_impl="rbg"), tmp_path / "whole")
+    train_and_evaluate(tiny_lm(total_steps=6, rng_impl="rbg", max_steps_per_run=3), tmp_path / "split")
+    resumed = train_and_evaluate(tiny_lm(total_steps=6, rng_impl="rbg"), tmp_path / "split")
+    assert resumed["resumed_from"] == 3
+    losses = lambda d: [r["train/loss"] for r in read_metrics(d) if "train/loss" in r]
+    assert losses(tmp_path / "whole") == losses(tmp_path / "split") and np.isfinite(losses(tmp_path / "whole")).all()
+    assert whole["step"] == 6
