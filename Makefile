@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 DEMO_WORKDIR ?= workdirs/demo
 DEMO_CONFIG ?= experiments/configs/lm_chars.py:runlocal
-PYTEST_ARGS ?= -n 2 --durations=15
+# loadfile: a module's tests share one worker, so expensive module fixtures (multi-process runs) run once.
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 # libtpu (installed for AOT compiles) would otherwise probe for a TPU on every start.
 export JAX_PLATFORMS ?= cpu
 export TF_CPP_MIN_LOG_LEVEL ?= 3
