@@ -1,6 +1,9 @@
 """The base of fintrans' builders: generated offline, nothing to download or checksum."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import tensorflow_datasets as tfds
 
 
@@ -19,3 +22,12 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing is downloaded
         return {split: self._generate_examples(split) for split in self.SPLITS}
+
+
+def packaged_file(package: str, *parts: str, dataset: str) -> Path:
+    """A data file shipped inside an installed package, found without importing the package
+    (scikit-learn's or arch's import alone takes seconds)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the {dataset} dataset needs the `{package}` package installed (it ships the data)")
+    return Path(spec.submodule_search_locations[0]).joinpath(*parts)

@@ -6,14 +6,12 @@ Records keep the raw 0..16 pixel counts; the reader scales them to [0, 1].
 from __future__ import annotations
 
 import functools
-import importlib.util
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fintrans.data.builders.base import OfflineBuilder
+from fintrans.data.builders.base import OfflineBuilder, packaged_file
 from fintrans.data.sources import ArraySource
 from fintrans.data.spec import DatasetSpec, Loaded
 
@@ -21,18 +19,10 @@ SPLIT_SEED = 0
 NUM_CLASSES, IMAGE_SIZE, MAX_PIXEL = 10, 8, 16
 
 
-def _digits_csv() -> Path:
-    # The file load_digits reads, found without importing sklearn (whose import alone takes ~3 s).
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the digits dataset needs scikit-learn installed (it ships the data)")
-    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
-
-
 @functools.lru_cache(maxsize=1)
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images [1797, 8, 8], int64 labels [1797]), identical to sklearn's load_digits()."""
-    table = np.loadtxt(_digits_csv(), delimiter=",", dtype=np.int64)
+    table = np.loadtxt(packaged_file("sklearn", "datasets", "data", "digits.csv.gz", dataset="digits"), delimiter=",", dtype=np.int64)
     return table[:, :-1].reshape(-1, IMAGE_SIZE, IMAGE_SIZE).astype(np.uint8), table[:, -1]
 
 

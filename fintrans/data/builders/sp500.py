@@ -12,15 +12,13 @@ import csv
 import datetime
 import functools
 import gzip
-import importlib.util
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from fintrans.data.errors import DataConfigError, DatasetCorruptError
-from fintrans.data.builders.base import OfflineBuilder
+from fintrans.data.builders.base import OfflineBuilder, packaged_file
 from fintrans.data.sources import WindowSource
 from fintrans.data.spec import DatasetSpec, Loaded
 
@@ -29,18 +27,10 @@ _COLUMNS = ("Open", "High", "Low", "Close", "Adj Close")
 SPLITS = OfflineBuilder.SPLITS
 
 
-def _sp500_csv() -> Path:
-    # The file arch.data.sp500.load() reads, found without importing arch (pandas + scipy take seconds).
-    spec = importlib.util.find_spec("arch")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the sp500 dataset needs the `arch` package installed (it ships the data)")
-    return Path(spec.submodule_search_locations[0]) / "data" / "sp500" / "sp500.csv.gz"
-
-
 @functools.lru_cache(maxsize=1)
 def daily_table() -> tuple[np.ndarray, np.ndarray]:
     """(dates as 'YYYY-MM-DD' strings, float64 [days, channels]) in date order, as arch.data.sp500.load()."""
-    with gzip.open(_sp500_csv(), "rt", newline="") as f:
+    with gzip.open(packaged_file("arch", "data", "sp500", "sp500.csv.gz", dataset="sp500"), "rt", newline="") as f:
         rows = list(csv.DictReader(f))
     dates = [datetime.datetime.strptime(r["Date"], "%m/%d/%Y").date().isoformat() for r in rows]
     values = np.asarray([[float(r[c]) for c in _COLUMNS] + [np.log(float(r["Volume"]))] for r in rows])
