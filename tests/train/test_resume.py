@@ -56,3 +56,15 @@ def test_completed_run_does_not_train_again(whole_run):
     before = _losses(workdir)
     again = train_and_evaluate(tiny_lm(), workdir)
     assert again["resumed_from"] == 12 and again["step"] == 12 and _losses(workdir) == before
+
+
+def test_a_save_interrupted_midway_is_never_the_latest(tmp_path):
+    """Orbax writes a step into '<step>.orbax-checkpoint-tmp-<time>' and renames it when whole; what
+    a crash mid-save leaves behind must be ignored on resume."""
+    train_and_evaluate(tiny_lm(max_steps_per_run=4), tmp_path)
+    partial = tmp_path / "checkpoints" / "8.orbax-checkpoint-tmp-1795820000"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "garbage").write_bytes(b"\x00half-written")
+    resumed = train_and_evaluate(tiny_lm(max_steps_per_run=2), tmp_path)
+    assert resumed["resumed_from"] == 4 and resumed["step"] == 6
+    assert 8 not in _checkpoint_steps(tmp_path)
