@@ -116,6 +116,7 @@ def compile_for_topology(config, topology: str, num_slices: int = 1) -> tuple[Co
     with _without_persistent_cache(), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         abstract_boxed = jax.eval_shape(boxed_init, trainer.init_rng)
         shardings = parallel.mesh_shardings(abstract_boxed, mesh, rules)
+        parallel.check_divisible(abstract_boxed, shardings)
         rng_spec = jax.ShapeDtypeStruct(trainer.init_rng.shape, trainer.init_rng.dtype,
                                         sharding=parallel.replicated(mesh))
         init = jax.jit(lambda r: nn.unbox(boxed_init(r)), out_shardings=shardings).lower(rng_spec).compile()

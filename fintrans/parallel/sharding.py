@@ -26,6 +26,37 @@ def mesh_shardings(boxed_tree: Any, mesh: Mesh, rules) -> Any:
     return nn.logical_to_mesh_sharding(logical_specs(boxed_tree), mesh, rules)
 
 
+class ShardingError(ValueError):
+    """A tensor cannot be split the way the mesh and the logical-axis rules ask."""
+
+
+def _split_counts(spec: P, mesh: Mesh) -> list[int]:
+    sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
+    counts = []
+    for entry in spec:
+        names = entry if isinstance(entry, tuple) else (entry,)
+        counts.append(int(np.prod([sizes[n] for n in names if n is not None])))
+    return counts
+
+
+def check_divisible(abstract: Any, shardings: Any) -> None:
+    """Names the first array whose dimension the mesh would split unevenly (jax's own error
+    names only shapes)."""
+    logical = logical_specs(abstract)
+    leaves = jax.tree_util.tree_leaves_with_path(abstract,
+                                                 is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    for (path, leaf), sharding, names in zip(leaves, jax.tree.leaves(shardings),
+                                             jax.tree.leaves(logical, is_leaf=lambda x: isinstance(x, P))):
+        value = leaf.value if isinstance(leaf, nn.LogicallyPartitioned) else leaf
+        for dim, (size, count) in enumerate(zip(value.shape, _split_counts(sharding.spec, sharding.mesh))):
+            if size % count:
+                raise ShardingError(
+                    f"{jax.tree_util.keystr(path)} has shape {tuple(value.shape)}; its dimension {dim} (logical axis "
+                    f"{names[dim]!r}, size {size}) would be split {count} ways over mesh axes "
+                    f"{sharding.spec[dim]!r}. Change config.mesh, or map {names[dim]!r} elsewhere in "
+                    f"config.sharding_rules (e.g. {{{names[dim]!r}: None}}).")
+
+
 def sharded_init(boxed_init: Callable[..., Any], mesh: Mesh, rules, *args) -> tuple[Any, Any]:
     """Runs `boxed_init(*args)` (returning a tree with logical boxes) directly into its shardings.
 
@@ -34,6 +65,7 @@ def sharded_init(boxed_init: Callable[..., Any], mesh: Mesh, rules, *args) -> tu
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         abstract = jax.eval_shape(boxed_init, *args)
         shardings = mesh_shardings(abstract, mesh, rules)
+        check_divisible(abstract, shardings)
         state = jax.jit(lambda *a: nn.unbox(boxed_init(*a)), out_shardings=shardings)(*args)
     return state, shardings
 
@@ -42,6 +74,11 @@ def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
     """Leading (batch) dimension split as the activation batch axis is; the rest replicated."""
     spec = nn.logical_to_mesh_axes((axes.ACT_BATCH,), rules)
     return NamedSharding(mesh, P(*spec))
+
+
+def batch_shards(sharding: NamedSharding) -> int:
+    """How many ways `batch_sharding` splits the batch dimension."""
+    return _split_counts(sharding.spec, sharding.mesh)[0] if len(sharding.spec) else 1
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

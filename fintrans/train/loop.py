@@ -117,6 +117,11 @@ class Trainer:
         self.tx = make_optimizer(config.optimizer, config.total_steps)
         self.lr = learning_rate_schedule(config.optimizer, config.total_steps)
         self.batch_sharding = parallel.batch_sharding(self.mesh, self.rules)
+        shards = parallel.batch_shards(self.batch_sharding)
+        for name in ("batch_size", "eval_batch_size"):
+            if config[name] % shards:
+                raise ConfigError(f"config.{name}={config[name]} cannot be split over the {shards} batch shards of "
+                                  f"mesh {dict(zip(self.mesh.axis_names, self.mesh.devices.shape))}")
         # Train step t uses fold_in(base_rng, t). 'rbg' keys compile much faster on TPU than threefry
         # (the lm_chars dropout step for v5e: 2 min instead of over 10), but their bits may depend on
         # the sharding; threefry's do not.

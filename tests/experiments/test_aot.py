@@ -147,3 +147,15 @@ def test_aot_command_line(aot_env):
     assert report["fits"] is True and report["flops_per_device"] > 0
     assert all(report["per_device"][k] > 0 for k in ("argument", "output", "alias", "temp"))
     assert f"{report['flops_per_device']:.4g}" in table
+
+
+def test_shardings_that_do_not_divide_are_named_before_compiling(aot_env):
+    from fintrans.models import ConfigError
+    from fintrans.parallel import ShardingError
+
+    with pytest.raises(ShardingError, match=r"\['key'\]\['kernel'\].*'kv_heads', size 2\) would be split 4 ways"):
+        aot.compile_for_topology(lm_config(data=1, fsdp=1, tensor=4), TOPOLOGY)
+    c = lm_config(data=1, fsdp=4, tensor=1)
+    c.batch_size = 6
+    with pytest.raises(ConfigError, match=r"batch_size=6 cannot be split over the 4 batch shards"):
+        aot.compile_for_topology(c, TOPOLOGY)
