@@ -36,7 +36,7 @@ def _check_shapes(q, k, v, bias, mask, segment_ids):
             "attention expects [batch, length, heads, head_dim] arrays; got "
             f"q{q.shape} k{k.shape} v{v.shape}")
     b, _, hq, d = q.shape
-    if k.shape != v.shape[:3] + (k.shape[3],) or k.shape[:3] != v.shape[:3]:
+    if k.shape[:3] != v.shape[:3]:
         raise ValueError(f"k{k.shape} and v{v.shape} must agree on batch, length and heads")
     if k.shape[0] != b or k.shape[3] != d:
         raise ValueError(f"q{q.shape} and k{k.shape} must agree on batch and head_dim")
@@ -92,7 +92,7 @@ def _xla_attention(q, k, v, *, bias=None, mask=None, causal=False, segment_ids=N
         probs = jnp.where(jnp.any(keep, axis=-1, keepdims=True), probs, 0.0)
     probs = probs.reshape(b, hkv, groups, lq, lk).astype(v.dtype)
     out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(b, lq, hq, d).astype(q.dtype)
+    return out.reshape(b, lq, hq, v.shape[-1]).astype(q.dtype)
 
 
 register("xla", _xla_attention)
@@ -116,7 +116,7 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, bias: Optional[Array]
       implementation: None picks the best for the platform and falls through to 'xla' on
         NotImplementedError; a name forces that implementation.
     Returns:
-      [batch, q_len, heads, head_dim] in q's dtype. Queries with no visible key give zeros.
+      [batch, q_len, heads, v's head_dim] in q's dtype. Queries with no visible key give zeros.
     """
     _check_shapes(q, k, v, bias, mask, segment_ids)
     kwargs = dict(bias=bias, mask=mask, causal=causal, segment_ids=segment_ids, scale=scale)

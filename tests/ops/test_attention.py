@@ -15,7 +15,7 @@ def oracle(q, k, v, *, bias=None, mask=None, causal=False, segment_ids=None, sca
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
     scale = d ** -0.5 if scale is None else scale
-    out = np.zeros_like(q)
+    out = np.zeros((b, lq, hq, v.shape[-1]))
     for bi in range(b):
         for h in range(hq):
             kh = h // (hq // hkv)
@@ -121,3 +121,11 @@ def test_dispatch_falls_through_to_xla_and_names_unknown_implementations(monkeyp
         dot_product_attention(q, k, v, implementation="fake_kernel")
     with pytest.raises(ValueError, match=r"unknown attention implementation 'flash'.*'xla'"):
         dot_product_attention(q, k, v, implementation="flash")
+
+
+def test_values_may_have_their_own_head_dim():
+    q, k, _ = _qkv(8)
+    v = jax.random.normal(jax.random.PRNGKey(9), (2, 7, 2, 5))
+    out = dot_product_attention(q, k, v, causal=True)
+    chex.assert_shape(out, (2, 7, 4, 5))
+    np.testing.assert_allclose(out, oracle(q, k, v, causal=True), atol=2e-5)
