@@ -24,3 +24,16 @@ def hermetic_data_dir(tmp_path_factory):
         os.environ.pop("FINTRANS_DATA_DIR", None)
     else:
         os.environ["FINTRANS_DATA_DIR"] = previous
+
+
+def pytest_collection_modifyitems(config, items):
+    """gpu_only / tpu_only tests run only where jax's default backend is that hardware."""
+    needs = {"gpu_only": "gpu", "tpu_only": "tpu"}
+    marked = [(item, needs[m]) for item in items for m in needs if item.get_closest_marker(m)]
+    if not marked:
+        return
+    import jax  # only now: collection may run before any test has chosen its environment
+    backend = jax.default_backend()
+    for item, platform in marked:
+        if platform != backend:
+            item.add_marker(pytest.mark.skip(reason=f"needs a {platform.upper()}; this run has {backend}"))

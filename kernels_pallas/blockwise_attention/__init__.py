@@ -1,0 +1,73 @@
+"""Blockwise (flash-style) attention: exact softmax attention in O(length) memory.
+
+    from kernels_pallas.blockwise_attention import blockwise_attention
+    out = blockwise_attention(q, k, v, causal=True)          # best for this platform
+
+Implementations (all differentiable, all checked against `reference`):
+  reference   dense, float32 math; the test oracle (O(q_len * kv_len) memory)
+  xla         blockwise online softmax in plain XLA, custom_vjp with recomputation; runs anywhere
+  pallas_tpu  Pallas Mosaic TPU kernels (forward, dq, dk/dv)
+  pallas_gpu  Pallas with the Triton lowering (forward, dq, dk/dv)
+`implementation=None` tries the platform's kernel and falls through to `xla` when it raises
+NotImplementedError (an input it does not handle); a named implementation is used as asked.
+`interpret=True` runs a Pallas kernel in interpret mode on CPU (TPU interpret mode for
+pallas_tpu), which is how the tests check the kernels' arithmetic without the hardware.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import jax
+
+from kernels_pallas.blockwise_attention.common import BlockSizes, check_inputs
+
+__all__ = ["blockwise_attention", "BlockSizes", "IMPLEMENTATIONS", "PREFERENCE"]
+
+IMPLEMENTATIONS = ("reference", "xla", "pallas_tpu", "pallas_gpu")
+# Tried in order for implementation=None; 'xla' always comes last because it always works.
+PREFERENCE = {"tpu": ("pallas_tpu", "xla"), "gpu": ("pallas_gpu", "xla"), "cpu": ("xla",)}
+
+
+def _module(name: str):
+    # Imported on first use: each kernel module only needs jax, but there is no reason to pay for
+    # importing the TPU kernels on a GPU machine and vice versa.
+    return importlib.import_module(f"kernels_pallas.blockwise_attention.{name}")
+
+
+def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
+                        segment_ids=None, sm_scale: Optional[float] = None,
+                        block_sizes: Optional[BlockSizes] = None,
+                        implementation: Optional[str] = None, interpret: bool = False) -> jax.Array:
+    """softmax(q·kᵀ·sm_scale, masked)·v, computed block by block.
+
+    Args:
+      q: [batch, q_len, q_heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim], with
+        q_heads a multiple of kv_heads. Any lengths; head_dim up to 256; float32, bfloat16 or
+        float16 (all three the same).
+      causal: query i sees key j iff j <= i + kv_len - q_len (queries aligned to the end).
+      segment_ids: None or (q_segment_ids [batch, q_len], kv_segment_ids [batch, kv_len]) of
+        ints; a query sees only keys of its own segment (packed sequences).
+      sm_scale: logit scale; defaults to head_dim ** -0.5.
+      block_sizes: tile sizes (BlockSizes); None fields take the implementation's defaults.
+      implementation: one of IMPLEMENTATIONS, or None for the platform's best.
+      interpret: run a Pallas implementation in interpret mode (CPU checking).
+    Returns:
+      [batch, q_len, q_heads, head_dim] in q's dtype; queries that see no key give zeros.
+    """
+    qs, ks, scale = check_inputs(q, k, v, segment_ids, sm_scale)
+    if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
+        raise ValueError(f"block_sizes must be a BlockSizes or None; got {type(block_sizes).__name__}")
+    kwargs = dict(causal=bool(causal), q_segment_ids=qs, kv_segment_ids=ks, sm_scale=scale,
+                  block_sizes=block_sizes, interpret=interpret)
+    if implementation is not None:
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown implementation {implementation!r}; "
+                             f"choose from {list(IMPLEMENTATIONS)} or None")
+        return _module(implementation).attention(q, k, v, **kwargs)
+    for name in PREFERENCE.get(jax.default_backend(), ("xla",)):
+        try:
+            return _module(name).attention(q, k, v, **kwargs)
+        except NotImplementedError:
+            continue
+    raise AssertionError("unreachable: the xla implementation handles every valid input")
