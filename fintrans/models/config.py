@@ -10,6 +10,8 @@ from typing import Any, Iterable, Mapping
 
 import jax.numpy as jnp
 
+from fintrans.ops import attention as attention_ops
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -43,6 +45,7 @@ class ModelConfig:
     def __post_init__(self):
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("param_dtype", self.param_dtype, DTYPES)
+        check_choice("attention_impl", self.attention_impl, (None,) + attention_ops.implementations())
         self.validate()
 
     def validate(self) -> None:

@@ -1,8 +1,18 @@
 """The one entry point through which layers get attention.
 
 `dot_product_attention` validates shapes, then tries implementations in order of preference for
-the platform, falling through on NotImplementedError to 'xla', which always works. Kernels from
-kernels_pallas register themselves here as they land.
+the platform, falling through on NotImplementedError to 'xla', which always works.
+
+Implementations (the `attention_impl` of every model config):
+  xla            blockwise when the score matrix is large (>= BLOCKWISE_MIN_SCORES entries) and the
+                 inputs allow it, dense otherwise; always works
+  xla_dense      one [q_len, kv_len] score matrix per head: any bias or mask
+  xla_blockwise  kernels_pallas.blockwise_attention's XLA online softmax: O(length) memory
+  pallas_gpu     the Pallas Triton kernel (preferred on GPU)
+  pallas_tpu     the Pallas Mosaic kernel (preferred on TPU)
+The blockwise kernels take causal masks, segment ids and key-padding masks ([batch|1, 1, 1, kv_len],
+folded into segment ids); an additive bias, a per-query mask or values with their own head_dim
+raise NotImplementedError, which sends implementation=None on to dense XLA.
 """
 from __future__ import annotations
 
@@ -10,6 +20,8 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+
+from kernels_pallas import blockwise_attention as blockwise
 
 Array = jax.Array
 
@@ -72,7 +84,7 @@ def combined_mask(q_len, kv_len, *, mask=None, causal=False, segment_ids=None):
     return out
 
 
-def _xla_attention(q, k, v, *, bias=None, mask=None, causal=False, segment_ids=None, scale=None):
+def _dense_attention(q, k, v, *, bias=None, mask=None, causal=False, segment_ids=None, scale=None):
     """Dense attention in XLA: float32 logits and softmax, output in q's dtype."""
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
@@ -95,7 +107,60 @@ def _xla_attention(q, k, v, *, bias=None, mask=None, causal=False, segment_ids=N
     return out.reshape(b, lq, hq, v.shape[-1]).astype(q.dtype)
 
 
+def _blockwise(implementation: str) -> Callable[..., Array]:
+    """Adapts kernels_pallas.blockwise_attention to this module's signature."""
+    def attend(q, k, v, *, bias=None, mask=None, causal=False, segment_ids=None, scale=None):
+        if bias is not None:
+            raise NotImplementedError("blockwise attention takes no additive bias")
+        if v.shape[-1] != q.shape[-1]:
+            raise NotImplementedError("blockwise attention needs values with the queries' head_dim")
+        if not (q.dtype == k.dtype == v.dtype) or q.dtype not in blockwise.common.DTYPES:
+            raise NotImplementedError(f"blockwise attention takes one dtype of "
+                                      f"{[str(t) for t in blockwise.common.DTYPES]}")
+        if q.shape[-1] > blockwise.common.MAX_HEAD_DIM:
+            raise NotImplementedError(f"blockwise attention takes head_dim <= {blockwise.common.MAX_HEAD_DIM}")
+        pair = _segment_pair(q, k, mask, segment_ids)
+        return blockwise.blockwise_attention(q, k, v, causal=causal, segment_ids=pair, sm_scale=scale,
+                                             implementation=implementation)
+    return attend
+
+
+def _segment_pair(q, k, mask, segment_ids):
+    """(q_segments, kv_segments), with a key-padding mask folded in, or None when unmasked."""
+    if segment_ids is not None and not isinstance(segment_ids, tuple):
+        segment_ids = (segment_ids, segment_ids)
+    if mask is None:
+        return segment_ids
+    if mask.shape[1] != 1 or mask.shape[2] != 1:
+        raise NotImplementedError("blockwise attention takes only key-padding masks [batch|1, 1, 1, kv_len]")
+    b, lq, lk = q.shape[0], q.shape[1], k.shape[1]
+    kv_valid = jnp.broadcast_to(mask[:, 0, 0, :].astype(bool), (b, lk))
+    if segment_ids is None:
+        return jnp.zeros((b, lq), jnp.int32), jnp.where(kv_valid, 0, -1).astype(jnp.int32)
+    qs, ks = (x.astype(jnp.int32) for x in segment_ids)
+    # A masked key gets an id that no query has.
+    return qs, jnp.where(kv_valid, ks, jnp.min(qs) - 1)
+
+
+# Below this many score entries (q_len * kv_len) dense XLA is as fast and compiles faster.
+BLOCKWISE_MIN_SCORES = 1024 * 1024
+
+
+def _xla_attention(q, k, v, **kwargs):
+    """Blockwise for long sequences (O(length) memory; causal skips masked tiles), else dense."""
+    if q.shape[1] * k.shape[1] >= BLOCKWISE_MIN_SCORES:
+        try:
+            return _blockwise("xla")(q, k, v, **kwargs)
+        except NotImplementedError:
+            pass
+    return _dense_attention(q, k, v, **kwargs)
+
+
+register("xla_dense", _dense_attention)
+register("xla_blockwise", _blockwise("xla"))
 register("xla", _xla_attention)
+register("pallas_gpu", _blockwise("pallas_gpu"), platforms=("gpu",))
+register("pallas_tpu", _blockwise("pallas_tpu"), platforms=("tpu",))
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, *, bias: Optional[Array] = None,

@@ -14,7 +14,7 @@ import pytest
 import fintrans.models as models
 from fintrans import axes
 from fintrans.models.config import ConfigError, ModelConfig
-from model_cases import CASES, built, config_of, grad_fn, train_fn
+from model_cases import CASES, built, config_of, grad_fn, jit, train_fn
 
 NAMES = sorted(CASES)
 AXIS_NAMES = {v for k, v in vars(axes).items() if k.isupper() and isinstance(v, str)}
@@ -108,6 +108,16 @@ def test_parameters_carry_logical_axes(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_blockwise_attention_gives_the_dense_outputs(name):
+    """The config's attention_impl reaches every attention layer (masks and all)."""
+    b = built(name)  # the case's default: dense at these lengths
+    assert b.config.attention_impl is None
+    model = models.get(name).module(config_of(name, attention_impl="xla_blockwise"))
+    np.testing.assert_allclose(jit(model.apply)(b.params, b.batch), b.forward(b.params, b.batch),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_low_precision_config_traces(name):
     b = built(name)
     cfg = b.config.replace(dtype="bfloat16", param_dtype="bfloat16")
@@ -154,7 +164,7 @@ def test_unknown_config_field_is_named(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_config_values_are_named(name):
     cfg_cls, _ = models.get(name)
-    for field, value in CASES[name].bad_values + (("dtype", "float8"),):
+    for field, value in CASES[name].bad_values + (("dtype", "float8"), ("attention_impl", "flash")):
         with pytest.raises(ConfigError, match=re.escape(field)):
             cfg_cls.from_dict({**CASES[name].config, field: value})
 

@@ -129,3 +129,52 @@ def test_values_may_have_their_own_head_dim():
     out = dot_product_attention(q, k, v, causal=True)
     chex.assert_shape(out, (2, 7, 4, 5))
     np.testing.assert_allclose(out, oracle(q, k, v, causal=True), atol=2e-5)
+
+
+@pytest.mark.parametrize("segments", [False, True])
+def test_blockwise_takes_key_padding_masks_as_segments(segments):
+    q, k, v = _qkv(10, lq=9, lk=11)
+    valid = np.ones((2, 11), bool)
+    valid[0, 7:] = False
+    mask = jnp.asarray(valid[:, None, None, :])
+    seg = None
+    if segments:  # q and kv lengths differ, so segments come as a pair
+        seg = (jnp.asarray([[0] * 5 + [1] * 4] * 2), jnp.asarray([[0] * 6 + [1] * 5] * 2))
+    out = dot_product_attention(q, k, v, mask=mask, segment_ids=seg, causal=True,
+                                implementation="xla_blockwise")
+    dense = dot_product_attention(q, k, v, mask=mask, segment_ids=seg, causal=True,
+                                  implementation="xla_dense")
+    np.testing.assert_allclose(out, dense, atol=2e-6)
+    if not segments:
+        np.testing.assert_allclose(out, oracle(q, k, v, mask=valid[:, None, None, :], causal=True), atol=2e-5)
+
+
+def test_blockwise_gradients_match_dense():
+    q, k, v = _qkv(11, lq=13, lk=13, hkv=1)
+    loss = lambda impl: lambda *a: jnp.sum(jnp.sin(dot_product_attention(*a, causal=True, implementation=impl)))
+    chex.assert_trees_all_close(jax.grad(loss("xla_blockwise"), argnums=(0, 1, 2))(q, k, v),
+                                jax.grad(loss("xla_dense"), argnums=(0, 1, 2))(q, k, v), atol=1e-5)
+
+
+def test_what_blockwise_cannot_take_falls_back_to_dense():
+    q, k, v = _qkv(12)
+    bias = jax.random.normal(jax.random.PRNGKey(13), (1, 4, 7, 7))
+    per_query = jnp.tril(jnp.ones((7, 7), bool))[None, None]
+    for kwargs, why in ((dict(bias=bias), "bias"), (dict(mask=per_query), "key-padding masks")):
+        with pytest.raises(NotImplementedError, match=why):  # named: never silently replaced
+            dot_product_attention(q, k, v, implementation="xla_blockwise", **kwargs)
+        np.testing.assert_allclose(dot_product_attention(q, k, v, **kwargs),
+                                   dot_product_attention(q, k, v, implementation="xla_dense", **kwargs))
+
+
+def test_long_sequences_on_cpu_go_blockwise_and_stay_small():
+    """implementation=None at 4096 tokens: no [q_len, kv_len] score matrix is ever allocated."""
+    length = 4096
+    assert length * length >= attn_lib.BLOCKWISE_MIN_SCORES
+    x = jax.ShapeDtypeStruct((1, length, 1, 32), jnp.float32)
+    scores_bytes = length * length * 4
+    for impl, small in ((None, True), ("xla_dense", False)):
+        grad = jax.jit(jax.grad(lambda q, k, v: dot_product_attention(
+            q, k, v, causal=True, implementation=impl).sum(), argnums=(0, 1, 2)))
+        temp = grad.lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
+        assert (temp < scores_bytes / 4) == small, (impl, temp, scores_bytes)
