@@ -59,7 +59,12 @@ def attention(q, k, v, *, causal, q_segment_ids, kv_segment_ids, sm_scale, block
     """See blockwise_attention; inputs are already validated by common.check_inputs."""
     lq, lk = q.shape[1], k.shape[1]
     if q.dtype == jnp.float16 and not interpret:
-        raise NotImplementedError("pallas_tpu: Mosaic cannot load float16 tiles; use xla")
+        # Mosaic rejects float16 tiles ("Invalid vector type for load" on v5e and v6e); float32
+        # holds every float16 exactly, so compute there and round the output back.
+        up = lambda x: x.astype(jnp.float32)
+        return attention(up(q), up(k), up(v), causal=causal, q_segment_ids=q_segment_ids,
+                         kv_segment_ids=kv_segment_ids, sm_scale=sm_scale,
+                         block_sizes=block_sizes).astype(jnp.float16)
     bs = block_sizes or BlockSizes()
     bs = dataclasses.replace(  # backward tiles: the caller's forward tiles, else our own defaults
         bs, block_q_bwd=bs.block_q_bwd or bs.block_q or DEFAULT_BLOCK_Q_BWD,

@@ -54,14 +54,18 @@ CASES = [
     ("v5p", 300, 3000, 4, 1, 256, True, True, True),    # MQA, q_len < kv_len, head_dim 256
     ("v6e", 2048, 2048, 8, 8, 128, True, False, True),
     ("v6e", 1000, 1000, 8, 1, 64, False, True, True),   # MQA, non-causal, segments
+    ("v6e", 1000, 1000, 4, 2, 64, True, False, True, jnp.float16),  # computed in float32 inside
 ]
 
 
-@pytest.mark.parametrize("chip,lq,lk,hq,hkv,d,causal,segments,grad", CASES,
+CASES = [c if len(c) == 10 else c + (jnp.bfloat16,) for c in CASES]  # dtype defaults to bf16
+
+
+@pytest.mark.parametrize("chip,lq,lk,hq,hkv,d,causal,segments,grad,dtype", CASES,
                          ids=[f"{c[0]}-q{c[1]}-kv{c[2]}-h{c[3]}x{c[4]}-d{c[5]}"
                               f"{'-causal' if c[6] else ''}{'-seg' if c[7] else ''}"
-                              f"{'-grad' if c[8] else '-fwd'}" for c in CASES])
-def test_compiles_for_topology(topology, chip, lq, lk, hq, hkv, d, causal, segments, grad):
+                              f"{'-grad' if c[8] else '-fwd'}-{jnp.dtype(c[9]).name}" for c in CASES])
+def test_compiles_for_topology(topology, chip, lq, lk, hq, hkv, d, causal, segments, grad, dtype):
     devices = topology(chip)
     n = devices.size
     mesh = Mesh(devices.reshape(n), ("data",))
@@ -75,7 +79,7 @@ def test_compiles_for_topology(topology, chip, lq, lk, hq, hkv, d, causal, segme
         fn = jax.grad(lambda *a: sharded(*a).astype(jnp.float32).sum(), argnums=(0, 1, 2))
     else:
         fn = sharded
-    arg = lambda *shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(
+    arg = lambda *shape, dtype=dtype: jax.ShapeDtypeStruct(
         shape, dtype, sharding=NamedSharding(mesh, spec))
     args = (arg(n, lq, hq, d), arg(n, lk, hkv, d), arg(n, lk, hkv, d),
             arg(n, lq, dtype=jnp.int32), arg(n, lk, dtype=jnp.int32))
@@ -84,14 +88,16 @@ def test_compiles_for_topology(topology, chip, lq, lk, hq, hkv, d, causal, segme
     # The Mosaic kernels are in the program (forward; plus dq and dk/dv for the gradients).
     assert compiled.as_text().count('custom_call_target="tpu_custom_call"') == (3 if grad else 1)
     mem = compiled.memory_analysis()
-    q_bytes, kv_bytes = lq * hq * d * 2, lk * hkv * d * 2  # one sequence per chip, bf16
+    size = jnp.dtype(dtype).itemsize
+    q_bytes, kv_bytes = lq * hq * d * size, lk * hkv * d * size  # one sequence per chip
     inputs = q_bytes + 2 * kv_bytes + ((lq + lk) * 4 if segments else 0)  # unused args are pruned
     outputs = q_bytes + 2 * kv_bytes if grad else q_bytes
     # Per-device sizes (the batch is split), up to the padding of HBM tiles.
     assert inputs <= mem.argument_size_in_bytes < 1.5 * inputs
     assert outputs <= mem.output_size_in_bytes < 1.5 * outputs
     # O(length) memory: temporaries (padded copies, residuals, logsumexp) stay within a few
-    # times the inputs (XLA may keep small ones in VMEM: 0 on v5e/v6e at these sizes), far
+    # times the inputs (XLA may keep small ones in VMEM: 0 on v5e/v6e at these sizes; float16 adds float32
+    # copies), far
     # below a [q_len, kv_len] score matrix (134 MiB for the 2k cases).
     assert 0 <= mem.temp_size_in_bytes < 8 * (q_bytes + 2 * kv_bytes) + 4 * 1024 * 1024
     peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
