@@ -30,8 +30,15 @@ TOPOLOGIES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
 
 @pytest.fixture(scope="module")
 def topology():
-    """Devices of a named topology; the environment is set before libtpu first loads here."""
+    """Devices of a named topology; the environment is set before libtpu first loads here.
+
+    The persistent compilation cache is off meanwhile: TPU executables cannot be loaded back on
+    this CPU-only client, so caching them only produces warnings on later reads."""
+    from jax.experimental.compilation_cache import compilation_cache
     cache = {}
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # jax decides once per process whether to use the cache
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JAX_PLATFORMS", "cpu")
         mp.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -43,6 +50,8 @@ def topology():
                 cache[chip] = np.array(desc.devices)
             return cache[chip]
         yield get
+    jax.config.update("jax_enable_compilation_cache", enabled)
+    compilation_cache.reset_cache()
 
 
 # (chip, q_len, kv_len, q_heads, kv_heads, head_dim, causal, segments, with gradients)
