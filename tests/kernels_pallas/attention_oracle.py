@@ -7,6 +7,7 @@ An implementation's test file picks the cases it can afford (interpret mode is s
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Optional
 
 import numpy as np
@@ -70,10 +71,17 @@ def oracle(case: Case, q, k, v, do, seg, sm_scale):
     """Output and (dq, dk, dv) of the dense reference, in float64."""
     with jax.enable_x64(True):
         f64 = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
-        qs, ks = (None, None) if seg is None else seg
-        fn = lambda q, k, v: reference.attention(q, k, v, causal=case.causal, q_segment_ids=qs,
-                                                 kv_segment_ids=ks, sm_scale=sm_scale)
-        return tuple(np.asarray(x) for x in forward_and_grads(fn, f64(q), f64(k), f64(v), f64(do)))
+        return tuple(np.asarray(x) for x in _oracle_f64(case.causal, float(sm_scale), f64(q), f64(k),
+                                                         f64(v), f64(do), seg))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _oracle_f64(causal, sm_scale, q, k, v, do, seg):
+    # One compiled program per shape: op-by-op float64 dispatch costs seconds per new shape.
+    qs, ks = (None, None) if seg is None else seg
+    fn = lambda q, k, v: reference.attention(q, k, v, causal=causal, q_segment_ids=qs,
+                                             kv_segment_ids=ks, sm_scale=sm_scale)
+    return forward_and_grads(fn, q, k, v, do)
 
 
 def visible_rows(case: Case, seg) -> np.ndarray:
