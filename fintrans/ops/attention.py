@@ -18,9 +18,14 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import math
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
+from fintrans import axes
 from kernels_pallas import blockwise_attention as blockwise
 
 Array = jax.Array
@@ -107,8 +112,13 @@ def _dense_attention(q, k, v, *, bias=None, mask=None, causal=False, segment_ids
     return out.reshape(b, lq, hq, v.shape[-1]).astype(q.dtype)
 
 
-def _blockwise(implementation: str) -> Callable[..., Array]:
-    """Adapts kernels_pallas.blockwise_attention to this module's signature."""
+def _blockwise(implementation: str, per_shard: bool = False) -> Callable[..., Array]:
+    """Adapts kernels_pallas.blockwise_attention to this module's signature.
+
+    per_shard: a Pallas kernel is an opaque custom call that XLA cannot split, so under a mesh it
+    would gather every input onto every device; instead it runs under shard_map on each device's
+    batch (and head) shard, which attention never mixes.
+    """
     def attend(q, k, v, *, bias=None, mask=None, causal=False, segment_ids=None, scale=None):
         if bias is not None:
             raise NotImplementedError("blockwise attention takes no additive bias")
@@ -120,9 +130,50 @@ def _blockwise(implementation: str) -> Callable[..., Array]:
         if q.shape[-1] > blockwise.common.MAX_HEAD_DIM:
             raise NotImplementedError(f"blockwise attention takes head_dim <= {blockwise.common.MAX_HEAD_DIM}")
         pair = _segment_pair(q, k, mask, segment_ids)
-        return blockwise.blockwise_attention(q, k, v, causal=causal, segment_ids=pair, sm_scale=scale,
-                                             implementation=implementation)
+
+        def kernel(q, k, v, pair):
+            return blockwise.blockwise_attention(q, k, v, causal=causal, segment_ids=pair,
+                                                 sm_scale=scale, implementation=implementation)
+        if per_shard:
+            return _per_shard(kernel, q, k, v, pair)
+        return kernel(q, k, v, pair)
     return attend
+
+
+def shard_specs(q_shape, kv_shape) -> tuple[P, P, P] | None:
+    """PartitionSpecs (q and output, k and v, segment ids) that split attention's inputs over the
+    current mesh the way the logical-axis rules lay out activations, or None without a mesh.
+
+    Only batch and heads are split (each device then attends independently). Heads are split only
+    when query and key/value heads map to the same mesh axes and both divide evenly, so a device's
+    query heads find their shared key/value heads locally (grouped-query attention).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or math.prod(mesh.shape.values()) == 1:
+        return None
+
+    def mesh_axes(logical, size):
+        names = nn.logical_to_mesh_axes((logical,))[0]
+        names = () if names is None else (names,) if isinstance(names, str) else tuple(names)
+        names = tuple(n for n in names if n in mesh.shape)
+        return names if names and size % math.prod(mesh.shape[n] for n in names) == 0 else ()
+
+    batch = mesh_axes(axes.ACT_BATCH, q_shape[0])
+    heads, kv_heads = mesh_axes(axes.ACT_HEADS, q_shape[2]), mesh_axes(axes.ACT_KV_HEADS, kv_shape[2])
+    if heads != kv_heads:
+        heads = kv_heads = ()
+    spec = lambda *dims: P(*(d if d else None for d in dims))
+    return spec(batch, (), heads, ()), spec(batch, (), kv_heads, ()), spec(batch, ())
+
+
+def _per_shard(kernel, q, k, v, pair):
+    specs = shard_specs(q.shape, k.shape)
+    if specs is None:
+        return kernel(q, k, v, pair)
+    q_spec, kv_spec, seg_spec = specs
+    seg_specs = None if pair is None else (seg_spec, seg_spec)
+    return jax.shard_map(kernel, in_specs=(q_spec, kv_spec, kv_spec, seg_specs), out_specs=q_spec,
+                         check_vma=False)(q, k, v, pair)
 
 
 def _segment_pair(q, k, mask, segment_ids):
@@ -159,8 +210,8 @@ def _xla_attention(q, k, v, **kwargs):
 register("xla_dense", _dense_attention)
 register("xla_blockwise", _blockwise("xla"))
 register("xla", _xla_attention)
-register("pallas_gpu", _blockwise("pallas_gpu"), platforms=("gpu",))
-register("pallas_tpu", _blockwise("pallas_tpu"), platforms=("tpu",))
+register("pallas_gpu", _blockwise("pallas_gpu", per_shard=True), platforms=("gpu",))
+register("pallas_tpu", _blockwise("pallas_tpu", per_shard=True), platforms=("tpu",))
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, *, bias: Optional[Array] = None,

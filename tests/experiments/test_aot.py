@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,21 @@ def test_shardings_that_do_not_divide_are_named_before_compiling(aot_env):
     c.batch_size = 6
     with pytest.raises(ConfigError, match=r"batch_size=6 cannot be split over the 4 batch shards"):
         aot.compile_for_topology(c, TOPOLOGY)
+
+
+def test_lm_with_pallas_attention_runs_the_kernel_per_shard(aot_env):
+    """attention_impl='pallas_tpu' in a sharded train step: Mosaic accepts the kernels, and each
+    device's kernel call sees only its batch shard (fsdp=2) and head shard (tensor=2). Without
+    shard_map XLA would gather the whole batch and every head onto every chip."""
+    config = lm_config()
+    config.model.attention_impl = "pallas_tpu"
+    report, _, step = aot.compile_for_topology(config, TOPOLOGY)
+    assert report.fits is True
+    kernels = [line for line in step.as_text().splitlines() if 'custom_call_target="tpu_custom_call"' in line]
+    # Per layer: the forward, then dq and dk/dv in the backward.
+    assert len(kernels) == 3 * config.model.num_layers, len(kernels)
+    # Kernel layout [batch, heads, length, head_dim]: the first result of every call.
+    first_results = [re.search(r"= \(?\w+\[(\d+),(\d+),", line).groups() for line in kernels]
+    heads = {int(h) for _, h in first_results}
+    assert {int(b) for b, _ in first_results} == {config.batch_size // 2}
+    assert heads <= {config.model.num_heads // 2, config.model.num_kv_heads // 2}, heads
