@@ -16,9 +16,8 @@ raise NotImplementedError, which sends implementation=None on to dense XLA.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
-
 import math
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
