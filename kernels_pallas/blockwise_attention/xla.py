@@ -22,7 +22,7 @@ from jax import lax
 from kernels_pallas.blockwise_attention.common import BlockSizes, pad_axis, round_up
 
 # Tiles of 512: large enough that each step is a few big matmuls (loop overhead amortized on CPU),
-# small enough that a step's [batch, heads, 512, 512] float32 scores stay around 8 MB per head-batch.
+# small enough that a step's float32 scores take 1 MB per (batch, head).
 DEFAULT_BLOCK = 512
 
 
@@ -32,7 +32,7 @@ def attention(q, k, v, *, causal, q_segment_ids, kv_segment_ids, sm_scale, block
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
     bs = (block_sizes or BlockSizes()).resolve(DEFAULT_BLOCK, DEFAULT_BLOCK, lq, lk)
-    # Forward and backward share one padding, so use the larger of each pair's tiles as the unit.
+    # Forward and backward share one padding: a multiple of both passes' tiles.
     lq_pad = round_up(lq, math.lcm(bs.block_q, bs.block_q_bwd))
     lk_pad = round_up(lk, math.lcm(bs.block_kv, bs.block_kv_bwd))
     if q_segment_ids is None:
