@@ -1,0 +1,74 @@
+"""Lean decode attention (LeanAttention, stream-K): one query token per sequence against its KV
+cache, with the work split into equal shares of valid cache tiles over a fixed number of programs
+(see common.py for the schedule and the log-sum-exp merge).
+
+    from kernels_pallas.lean_decode_attention import lean_decode_attention
+    out = lean_decode_attention(q, k_cache, v_cache, lengths)     # q [batch, q_heads, head_dim]
+
+Implementations: `reference` (dense, the oracle), `xla` (the same schedule in plain XLA: programs
+advance in lockstep, one tile each per step; runs anywhere), and Pallas kernels as they land.
+`implementation=None` tries the platform's kernel and falls through to `xla` on
+NotImplementedError. Not differentiable: decoding needs no gradients.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import jax
+
+from kernels_pallas.lean_decode_attention.common import check_inputs
+
+__all__ = ["lean_decode_attention", "IMPLEMENTATIONS", "PREFERENCE", "default_num_programs"]
+
+IMPLEMENTATIONS = ("reference", "xla")
+PREFERENCE = {"cpu": ("xla",), "gpu": ("xla",), "tpu": ("xla",)}
+
+
+def default_num_programs(platform: Optional[str] = None) -> int:
+    """A small multiple of the chip's parallel cores, independent of batch and length: two
+    programs per SM on a GPU (its core_count), otherwise 8."""
+    device = jax.devices(platform)[0] if platform else jax.devices()[0]
+    cores = getattr(device, "core_count", None)
+    return 2 * int(cores) if device.platform == "gpu" and cores else 8
+
+
+def _module(name: str):
+    return importlib.import_module(f"kernels_pallas.lean_decode_attention.{name}")
+
+
+def lean_decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, lengths: jax.Array, *,
+                          sm_scale: Optional[float] = None, block_k: Optional[int] = None,
+                          num_programs: Optional[int] = None, implementation: Optional[str] = None,
+                          interpret: bool = False) -> jax.Array:
+    """softmax(q·kᵀ·sm_scale over the first lengths[b] cached tokens)·v, per sequence.
+
+    Args:
+      q: [batch, q_heads, head_dim], one token per sequence.
+      k_cache, v_cache: [batch, max_len, kv_heads, head_dim]; q_heads a multiple of kv_heads.
+      lengths: int [batch], valid tokens per sequence, 0..max_len (values outside are clipped;
+        0 gives zeros).
+      sm_scale: defaults to head_dim ** -0.5.
+      block_k: cached tokens per work unit (None: the implementation's default).
+      num_programs: programs sharing the work (None: `default_num_programs()`).
+      implementation: one of IMPLEMENTATIONS or None; interpret: Pallas interpret mode.
+    Returns:
+      [batch, q_heads, head_dim] in q's dtype.
+    """
+    scale = check_inputs(q, k_cache, v_cache, lengths, sm_scale)
+    for name, value in (("block_k", block_k), ("num_programs", num_programs)):
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ValueError(f"{name} must be a positive int or None; got {value!r}")
+    kwargs = dict(sm_scale=scale, block_k=block_k,
+                  num_programs=num_programs or default_num_programs(), interpret=interpret)
+    if implementation is not None:
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown implementation {implementation!r}; "
+                             f"choose from {list(IMPLEMENTATIONS)} or None")
+        return _module(implementation).attention(q, k_cache, v_cache, lengths, **kwargs)
+    for name in PREFERENCE.get(jax.default_backend(), ("xla",)):
+        try:
+            return _module(name).attention(q, k_cache, v_cache, lengths, **kwargs)
+        except NotImplementedError:
+            continue
+    raise AssertionError("unreachable: the xla implementation handles every valid input")
