@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from fintrans import axes
 from fintrans.layers.dense import Dense
 from fintrans.layers.embeddings import apply_rotary
-from fintrans.ops.attention import dot_product_attention
+from fintrans.ops.attention import decode_attention, dot_product_attention
 
 
 def padding_mask(q_valid: jax.Array, kv_valid: Optional[jax.Array] = None) -> jax.Array:
@@ -64,9 +64,13 @@ class MultiHeadAttention(nn.Module):
         kv_spec = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_KV_HEADS, axes.ACT_HEAD_DIM)
         k, v = nn.with_logical_constraint(k, kv_spec), nn.with_logical_constraint(v, kv_spec)
 
+        cache_lengths = None
         if self.decode:
-            q, k, v, mask, positions = self._use_cache(q, k, v, mask, positions)
+            user_mask = mask
+            q, k, v, mask, positions, cache_lengths = self._use_cache(q, k, v, mask, positions)
             causal, segment_ids = False, None  # the cache mask already encodes causality
+            if q.shape[1] != 1 or user_mask is not None or bias is not None:
+                cache_lengths = None  # only a lone new token without extra masks takes the lean path
         if self.rotary:
             b, lq = q.shape[:2]
             if positions is None:
@@ -76,14 +80,21 @@ class MultiHeadAttention(nn.Module):
             if not self.decode:  # cached keys were rotated when written
                 k = apply_rotary(k, kv_positions, base=self.rotary_base)
 
-        out = dot_product_attention(q, k, v, bias=bias, mask=mask, causal=causal, segment_ids=segment_ids,
-                                    implementation=self.attention_impl)
+        if cache_lengths is not None:
+            # Generating: one token per sequence against the cache (lean stream-K decode attention).
+            impl = "xla_dense" if self.attention_impl == "xla_dense" else None
+            out = decode_attention(q[:, 0], k, v, cache_lengths, implementation=impl)[:, None]
+        else:
+            out = dot_product_attention(q, k, v, bias=bias, mask=mask, causal=causal, segment_ids=segment_ids,
+                                        implementation=self.attention_impl)
         out = Dense(self.out_features or x.shape[-1], (axes.HEADS, axes.HEAD_DIM), (axes.EMBED,),
                     use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
         return nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
 
     def _use_cache(self, q, k, v, mask, positions):
-        """Writes this chunk's keys/values at the cache index; returns the full cache to attend to."""
+        """Writes this chunk's keys/values at the cache index; returns the full cache to attend to,
+        its mask and, for the lean decode path, each sequence's cached length (None while
+        initialising)."""
         initialising = not self.has_variable("cache", "cached_key")
         cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
@@ -93,7 +104,7 @@ class MultiHeadAttention(nn.Module):
         start = index.value
         positions = jnp.broadcast_to(start + jnp.arange(chunk), (b, chunk)) if positions is None else positions
         if initialising:
-            return q, k, v, mask, positions
+            return q, k, v, mask, positions, None
         if chunk > max_len:
             raise ValueError(f"{self.name}: chunk of {chunk} tokens exceeds the cache length {max_len}")
         if self.rotary:
@@ -104,4 +115,5 @@ class MultiHeadAttention(nn.Module):
         query_pos = start + jnp.arange(chunk)
         visible = (jnp.arange(max_len)[None, :] <= query_pos[:, None])[None, None]  # [1, 1, chunk, max_len]
         mask = visible if mask is None else visible & mask
-        return q, cached_k.value, cached_v.value, mask, positions
+        lengths = jnp.full((b,), start + chunk, jnp.int32)  # cached tokens the last query sees
+        return q, cached_k.value, cached_v.value, mask, positions, lengths

@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from fintrans import axes
 from kernels_pallas import blockwise_attention as blockwise
+from kernels_pallas import lean_decode_attention as lean
 
 Array = jax.Array
 
@@ -247,3 +248,23 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, bias: Optional[Array]
         except NotImplementedError:
             continue
     raise AssertionError("unreachable: xla attention always works")
+
+
+def decode_attention(q: Array, k_cache: Array, v_cache: Array, lengths: Array, *,
+                     scale: Optional[float] = None, implementation: Optional[str] = None) -> Array:
+    """One new token per sequence against its KV cache: the decode step of generation.
+
+    Args:
+      q: [batch, q_heads, head_dim]; k_cache, v_cache: [batch, max_len, kv_heads, head_dim].
+      lengths: int [batch], the cached tokens each query sees (its own included).
+      scale: defaults to head_dim ** -0.5.
+      implementation: None or a name of kernels_pallas.lean_decode_attention (stream-K lean decode;
+        None picks the platform's kernel), or 'xla_dense' (masked dense attention over max_len).
+    Returns:
+      [batch, q_heads, head_dim] in q's dtype.
+    """
+    if implementation == "xla_dense":
+        keep = (jnp.arange(k_cache.shape[1])[None, :] < lengths[:, None])[:, None, None, :]
+        return _dense_attention(q[:, None], k_cache, v_cache, mask=keep, scale=scale)[:, 0]
+    return lean.lean_decode_attention(q, k_cache, v_cache, lengths, sm_scale=scale,
+                                      implementation=implementation)

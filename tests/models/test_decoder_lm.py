@@ -80,3 +80,24 @@ def test_generate_rejects_too_long_requests():
     b = built(NAME)
     with pytest.raises(ValueError, match="max_len=16"):
         decoder_lm.generate(b.config, b.params["params"], jnp.zeros((1, 10), jnp.int32), 7, jax.random.PRNGKey(0))
+
+
+def test_single_token_steps_use_the_lean_decode_op(monkeypatch):
+    """A one-token step attends through fintrans.ops.decode_attention (lean stream-K decode, with
+    per-sequence cached lengths); a multi-token chunk (the prompt) through dot_product_attention."""
+    import fintrans.layers.attention as attention_layer
+    calls = []
+    real = attention_layer.decode_attention
+
+    def spy(q, k, v, lengths, **kwargs):
+        calls.append(np.asarray(lengths).tolist())
+        return real(q, k, v, lengths, **kwargs)
+
+    monkeypatch.setattr(attention_layer, "decode_attention", spy)
+    b = built(NAME)
+    tokens = jnp.asarray(b.batch["inputs"])
+    cache = decoder_lm.init_cache(b.config, tokens.shape[0])
+    _, cache = decoder_lm.decode_step(b.config, b.params["params"], cache, tokens[:, :3])
+    assert calls == []
+    decoder_lm.decode_step(b.config, b.params["params"], cache, tokens[:, 3:4])
+    assert calls == [[4] * tokens.shape[0]] * b.config.num_layers

@@ -178,3 +178,18 @@ def test_long_sequences_on_cpu_go_blockwise_and_stay_small():
             q, k, v, causal=True, implementation=impl).sum(), argnums=(0, 1, 2)))
         temp = grad.lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
         assert (temp < scores_bytes / 4) == small, (impl, temp, scores_bytes)
+
+
+def test_decode_attention_lean_and_dense_agree_on_ragged_caches():
+    from fintrans.ops import decode_attention
+    keys = jax.random.split(jax.random.PRNGKey(14), 3)
+    q = jax.random.normal(keys[0], (3, 4, 8))
+    k, v = (jax.random.normal(kk, (3, 40, 2, 8)) for kk in keys[1:])
+    lengths = jnp.asarray([40, 1, 0])
+    lean = decode_attention(q, k, v, lengths)
+    dense = decode_attention(q, k, v, lengths, implementation="xla_dense")
+    np.testing.assert_allclose(lean, dense, atol=2e-6)
+    # Against the general op: the last token of a causal sequence sees its whole prefix.
+    full = dot_product_attention(q[:1, None], k[:1], v[:1], causal=True)[:, 0]
+    np.testing.assert_allclose(lean[:1], full, atol=2e-6)
+    chex.assert_trees_all_equal(lean[2], jnp.zeros_like(lean[2]))
