@@ -3,7 +3,8 @@
 #   1. versions and nvidia-smi;
 #   2. the kernels' gpu_only tests:  JAX_PLATFORMS= python -m pytest -m gpu_only -q tests/kernels_pallas
 #      (only tests/kernels_pallas: the machine has jax/flax/optax/orbax/chex but no tfds or grain);
-#   3. the attention benchmark (python -m experiments.bench.attention, GPU mode) with a time budget.
+#   3. the attention benchmark (python -m experiments.bench.attention, GPU mode) with a time budget;
+#   4. the decode benchmark (python -m experiments.bench.decode --quick) in the time left.
 # Everything ends within TOTAL_S (default 470 s, under 8 minutes). Logs and the benchmark JSON go to
 # $OUT (what comes back); the JSON is also written under experiments/bench/results/.
 #
@@ -54,7 +55,7 @@ echo "tests exit code: $TEST_RC (5: none selected; 124: timed out) after $(elaps
 LEFT=$(( TOTAL_S - $(elapsed) ))
 # The benchmark stops starting entries at its budget; leave room for the last entry and the table.
 BUDGET=$(( LEFT - 60 ))
-if [ "$BUDGET" -gt 270 ]; then BUDGET=270; fi
+if [ "$BUDGET" -gt 200 ]; then BUDGET=200; fi  # the decode benchmark runs after it
 if ! grep -q "backend gpu" "$OUT/versions.txt"; then
   echo "== benchmark skipped: jax does not see a GPU (see versions.txt)"
   BENCH_RC=skipped
@@ -67,7 +68,15 @@ else
     | tee "$OUT/bench.log"
   BENCH_RC=${PIPESTATUS[0]}
 fi
+LEFT=$(( TOTAL_S - $(elapsed) ))
+if grep -q "backend gpu" "$OUT/versions.txt" && [ "$LEFT" -gt 40 ]; then
+  echo "== decode benchmark (hard limit $(( LEFT - 5 ))s)"
+  JAX_PLATFORMS= timeout -k 10 $(( LEFT - 5 )) $PY -m experiments.bench.decode --quick 2>&1 | tee "$OUT/decode.log"
+  DECODE_RC=${PIPESTATUS[0]}
+else
+  DECODE_RC=skipped
+fi
 # The JSON is rewritten after every entry, so a run cut short still leaves what it measured.
-find experiments/bench/results -name 'attention_*.json' -newer "$MARK" -exec cp {} "$OUT/" \;
+find experiments/bench/results \( -name 'attention_*.json' -o -name 'decode_*.json' \) -newer "$MARK" -exec cp {} "$OUT/" \;
 rm -f "$MARK"
-echo "== done in $(elapsed)s: tests exit $TEST_RC, benchmark exit $BENCH_RC; in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
+echo "== done in $(elapsed)s: tests exit $TEST_RC, benchmark exit $BENCH_RC, decode exit $DECODE_RC; in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
