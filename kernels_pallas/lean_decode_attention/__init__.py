@@ -6,7 +6,9 @@ cache, with the work split into equal shares of valid cache tiles over a fixed n
     out = lean_decode_attention(q, k_cache, v_cache, lengths)     # q [batch, q_heads, head_dim]
 
 Implementations: `reference` (dense, the oracle), `xla` (the same schedule in plain XLA: programs
-advance in lockstep, one tile each per step; runs anywhere), and Pallas kernels as they land.
+advance in lockstep, one tile each per step; runs anywhere), `pallas_gpu` (Triton: one program per
+share, looping over its tiles) and `pallas_tpu` (Mosaic: a static (programs, steps) grid driven by
+the scalar-prefetched schedule).
 `implementation=None` tries the platform's kernel and falls through to `xla` on
 NotImplementedError. Not differentiable: decoding needs no gradients.
 """
