@@ -197,18 +197,21 @@ def _segment_pair(q, k, mask, segment_ids):
 BLOCKWISE_MIN_SCORES = 1024 * 1024
 
 
+_xla_blockwise = _blockwise("xla")
+
+
 def _xla_attention(q, k, v, **kwargs):
     """Blockwise for long sequences (O(length) memory; causal skips masked tiles), else dense."""
     if q.shape[1] * k.shape[1] >= BLOCKWISE_MIN_SCORES:
         try:
-            return _blockwise("xla")(q, k, v, **kwargs)
+            return _xla_blockwise(q, k, v, **kwargs)
         except NotImplementedError:
             pass
     return _dense_attention(q, k, v, **kwargs)
 
 
 register("xla_dense", _dense_attention)
-register("xla_blockwise", _blockwise("xla"))
+register("xla_blockwise", _xla_blockwise)
 register("xla", _xla_attention)
 register("pallas_gpu", _blockwise("pallas_gpu", per_shard=True), platforms=("gpu",))
 register("pallas_tpu", _blockwise("pallas_tpu", per_shard=True), platforms=("tpu",))

@@ -11,47 +11,12 @@ import numpy as np
 import pytest
 import jax
 import jax.numpy as jnp
-import libtpu  # noqa: F401  (fails loudly without the `tpu` extra)
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from kernels_pallas.blockwise_attention import blockwise_attention
 
-try:  # jax >= 0.6
-    from jax import shard_map as _shard_map
-    _NO_CHECK = {"check_vma": False}
-except ImportError:  # pragma: no cover
-    from jax.experimental.shard_map import shard_map as _shard_map
-    _NO_CHECK = {"check_rep": False}
-
 GiB = 1 << 30
 HBM = {"v5e": 16 * GiB, "v5p": 95 * GiB, "v6e": 32 * GiB}
-TOPOLOGIES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
-
-
-@pytest.fixture(scope="module")
-def topology():
-    """Devices of a named topology; the environment is set before libtpu first loads here.
-
-    The persistent compilation cache is off meanwhile: TPU executables cannot be loaded back on
-    this CPU-only client, so caching them only produces warnings on later reads."""
-    from jax.experimental.compilation_cache import compilation_cache
-    cache = {}
-    enabled = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    compilation_cache.reset_cache()  # jax decides once per process whether to use the cache
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAX_PLATFORMS", "cpu")
-        mp.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-        from jax.experimental import topologies
-
-        def get(chip):
-            if chip not in cache:
-                desc = topologies.get_topology_desc(platform="tpu", topology_name=TOPOLOGIES[chip])
-                cache[chip] = np.array(desc.devices)
-            return cache[chip]
-        yield get
-    jax.config.update("jax_enable_compilation_cache", enabled)
-    compilation_cache.reset_cache()
 
 
 # (chip, q_len, kv_len, q_heads, kv_heads, head_dim, causal, segments, with gradients)
@@ -83,7 +48,7 @@ def test_compiles_for_topology(topology, chip, lq, lk, hq, hkv, d, causal, segme
     def attn(q, k, v, qs, ks):
         return blockwise_attention(q, k, v, causal=causal, segment_ids=(qs, ks) if segments else None,
                                    implementation="pallas_tpu")
-    sharded = _shard_map(attn, mesh=mesh, in_specs=(spec,) * 5, out_specs=spec, **_NO_CHECK)
+    sharded = jax.shard_map(attn, mesh=mesh, in_specs=(spec,) * 5, out_specs=spec, check_vma=False)
     if grad:
         fn = jax.grad(lambda *a: sharded(*a).astype(jnp.float32).sum(), argnums=(0, 1, 2))
     else:

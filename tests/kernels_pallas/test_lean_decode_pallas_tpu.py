@@ -86,35 +86,6 @@ def test_float16_and_unaligned_tiles_fall_back_on_hardware():
 
 # ----------------------------------------------------------------------------- AOT (Mosaic)
 
-TOPOLOGIES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
-
-
-@pytest.fixture(scope="module")
-def topology():
-    """Devices of a named topology; the environment is set before libtpu first loads here.
-    The persistent compilation cache is off meanwhile (TPU executables cannot be loaded back on
-    this CPU-only client)."""
-    pytest.importorskip("libtpu")
-    from jax.experimental.compilation_cache import compilation_cache
-    cache = {}
-    enabled = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    compilation_cache.reset_cache()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAX_PLATFORMS", "cpu")
-        mp.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-        from jax.experimental import topologies
-
-        def get(chip):
-            if chip not in cache:
-                desc = topologies.get_topology_desc(platform="tpu", topology_name=TOPOLOGIES[chip])
-                cache[chip] = np.array(desc.devices)
-            return cache[chip]
-        yield get
-    jax.config.update("jax_enable_compilation_cache", enabled)
-    compilation_cache.reset_cache()
-
-
 # (chip, max_len, q_heads, kv_heads, head_dim, dtype): one sequence per chip.
 AOT_CASES = [
     ("v5e", 8192, 32, 8, 128, jnp.bfloat16), ("v5p", 8192, 32, 8, 128, jnp.bfloat16),
@@ -131,12 +102,6 @@ AOT_CASES = [
                               for c in AOT_CASES])
 def test_compiles_for_topology(topology, chip, max_len, hq, hkv, d, dtype):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    try:  # jax >= 0.6
-        from jax import shard_map
-        no_check = {"check_vma": False}
-    except ImportError:  # pragma: no cover
-        from jax.experimental.shard_map import shard_map
-        no_check = {"check_rep": False}
     devices = topology(chip)
     n = devices.size
     mesh = Mesh(devices.reshape(n), ("data",))
@@ -144,7 +109,7 @@ def test_compiles_for_topology(topology, chip, max_len, hq, hkv, d, dtype):
 
     def attn(q, k, v, lengths):
         return lean_decode_attention(q, k, v, lengths, implementation="pallas_tpu", num_programs=8)
-    fn = shard_map(attn, mesh=mesh, in_specs=(spec,) * 4, out_specs=spec, **no_check)
+    fn = jax.shard_map(attn, mesh=mesh, in_specs=(spec,) * 4, out_specs=spec, check_vma=False)
     arg = lambda *shape, dtype=dtype: jax.ShapeDtypeStruct(
         shape, dtype, sharding=NamedSharding(mesh, spec))
     compiled = jax.jit(fn).lower(arg(n, hq, d), arg(n, max_len, hkv, d), arg(n, max_len, hkv, d),
