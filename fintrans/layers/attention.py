@@ -92,28 +92,34 @@ class MultiHeadAttention(nn.Module):
         return nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
 
     def _use_cache(self, q, k, v, mask, positions):
-        """Writes this chunk's keys/values at the cache index; returns the full cache to attend to,
-        its mask and, for the lean decode path, each sequence's cached length (None while
-        initialising)."""
+        """Writes this chunk's keys/values at each sequence's cache index; returns the full cache to
+        attend to, its mask and, for the lean decode path, each sequence's cached length (None
+        while initialising).
+
+        The index is per sequence, so a batch of prompts of different lengths decodes together:
+        `generate` sets each index to its prompt's length after the prefill, and the next token
+        overwrites whatever the padding left behind (queries never see keys past themselves).
+        """
         initialising = not self.has_variable("cache", "cached_key")
         cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
-        index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
         b, chunk = q.shape[:2]
+        index = self.variable("cache", "cache_index", lambda: jnp.zeros((b,), jnp.int32))
         max_len = cached_k.value.shape[1]
-        start = index.value
-        positions = jnp.broadcast_to(start + jnp.arange(chunk), (b, chunk)) if positions is None else positions
+        start = index.value  # [batch]
+        query_pos = start[:, None] + jnp.arange(chunk)  # [batch, chunk]
+        positions = query_pos if positions is None else positions
         if initialising:
             return q, k, v, mask, positions, None
         if chunk > max_len:
             raise ValueError(f"{self.name}: chunk of {chunk} tokens exceeds the cache length {max_len}")
         if self.rotary:
             k = apply_rotary(k, positions, base=self.rotary_base)
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, start, 0, 0))
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, start, 0, 0))
+        # mode="drop": a write past max_len is dropped, never shifted onto earlier tokens.
+        rows = jnp.arange(b)[:, None]
+        cached_k.value = cached_k.value.at[rows, query_pos].set(k.astype(cached_k.value.dtype), mode="drop")
+        cached_v.value = cached_v.value.at[rows, query_pos].set(v.astype(cached_v.value.dtype), mode="drop")
         index.value = start + chunk
-        query_pos = start + jnp.arange(chunk)
-        visible = (jnp.arange(max_len)[None, :] <= query_pos[:, None])[None, None]  # [1, 1, chunk, max_len]
+        visible = (jnp.arange(max_len)[None, None, :] <= query_pos[:, :, None])[:, None]  # [b, 1, chunk, max_len]
         mask = visible if mask is None else visible & mask
-        lengths = jnp.full((b,), start + chunk, jnp.int32)  # cached tokens the last query sees
-        return q, cached_k.value, cached_v.value, mask, positions, lengths
+        return q, cached_k.value, cached_v.value, mask, positions, start + chunk

@@ -8,6 +8,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fintrans import axes
 from fintrans.layers import Dense, Embed, TransformerBlock, make_norm
@@ -108,21 +109,56 @@ def decode_step(config: DecoderLMConfig, params, cache, tokens):
     return logits, updates["cache"]
 
 
-def generate(config: DecoderLMConfig, params, prompt: jax.Array, num_tokens: int, rng: jax.Array, *,
-             temperature: float = 1.0, top_k: Optional[int] = None) -> jax.Array:
-    """Samples `num_tokens` continuations of `prompt` [batch, prompt_len] with the KV cache.
+def set_cache_index(cache, index: jax.Array):
+    """The cache with every layer's per-sequence write index set to `index` [batch]."""
+    def put(path, leaf):
+        is_index = getattr(path[-1], "key", None) == "cache_index"
+        return jnp.broadcast_to(index, leaf.shape).astype(leaf.dtype) if is_index else leaf
+    return jax.tree_util.tree_map_with_path(put, cache)
 
-    temperature=0 is greedy. Returns [batch, prompt_len + num_tokens] token ids. Jit-compatible
-    (num_tokens, temperature and top_k static).
+
+def _check_prompt_lengths(prompt_lengths, batch: int, prompt_len: int) -> jax.Array:
+    lengths = jnp.asarray(prompt_lengths)
+    if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(f"generate: prompt_lengths must be int [batch={batch}], got {lengths.dtype}{list(lengths.shape)}")
+    if not isinstance(lengths, jax.core.Tracer):  # values are checkable outside jit only
+        values = np.asarray(lengths)
+        if values.min() < 1 or values.max() > prompt_len:
+            raise ValueError(f"generate: prompt_lengths must be within 1..{prompt_len} (the prompt's width), "
+                             f"got {values.tolist()}")
+    return lengths.astype(jnp.int32)
+
+
+def generate(config: DecoderLMConfig, params, prompt: jax.Array, num_tokens: int, rng: jax.Array, *,
+             prompt_lengths: Optional[jax.Array] = None, temperature: float = 1.0,
+             top_k: Optional[int] = None, pad_id: int = 0) -> jax.Array:
+    """Samples `num_tokens` continuations of each prompt with the KV cache.
+
+    Args:
+      prompt: [batch, prompt_len] token ids. Prompts of different lengths are right-padded and
+        their lengths given in `prompt_lengths` [batch] (default: all prompt_len); what the padding
+        holds does not matter.
+      temperature: 0 is greedy; top_k: sample among the k likeliest tokens only.
+    Returns:
+      [batch, prompt_len + num_tokens] token ids: row i holds its prompt's prompt_lengths[i] tokens,
+      then its num_tokens new ones, then `pad_id`. Jit-compatible (num_tokens, temperature, top_k
+      and pad_id static).
     """
     batch, prompt_len = prompt.shape
     if prompt_len < 1:
         raise ValueError("generate: the prompt needs at least one token")
+    if not isinstance(num_tokens, int) or num_tokens < 0:
+        raise ValueError(f"generate: num_tokens must be a non-negative int, got {num_tokens!r}")
     if prompt_len + num_tokens > config.max_len:
         raise ValueError(f"generate: prompt ({prompt_len}) + num_tokens ({num_tokens}) exceeds "
                          f"max_len={config.max_len}")
+    lengths = (jnp.full((batch,), prompt_len, jnp.int32) if prompt_lengths is None
+               else _check_prompt_lengths(prompt_lengths, batch, prompt_len))
     cache = init_cache(config, batch)
     logits, cache = decode_step(config, params, cache, prompt)
+    # Each sequence continues after its own last prompt token, over the padding's cache entries.
+    cache = set_cache_index(cache, lengths)
+    last_logits = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
 
     def sample(key, last_logits):
         if temperature == 0:
@@ -140,5 +176,11 @@ def generate(config: DecoderLMConfig, params, prompt: jax.Array, num_tokens: int
         return (cache, logits[:, -1]), token
 
     keys = jax.random.split(rng, num_tokens)
-    _, new_tokens = jax.lax.scan(step, (cache, logits[:, -1]), keys)
-    return jnp.concatenate([prompt, new_tokens.T], axis=1)
+    _, new_tokens = jax.lax.scan(step, (cache, last_logits), keys)  # [num_tokens, batch]
+    pos = jnp.arange(prompt_len + num_tokens)[None, :]
+    start = lengths[:, None]
+    from_prompt = jnp.take_along_axis(prompt, jnp.minimum(pos, prompt_len - 1), axis=1)
+    from_new = (jnp.take_along_axis(new_tokens.T, jnp.clip(pos - start, 0, num_tokens - 1), axis=1)
+                if num_tokens else from_prompt)
+    return jnp.where(pos < start, from_prompt,
+                     jnp.where(pos < start + num_tokens, from_new, jnp.asarray(pad_id, prompt.dtype)))

@@ -101,3 +101,62 @@ def test_single_token_steps_use_the_lean_decode_op(monkeypatch):
     assert calls == []
     decoder_lm.decode_step(b.config, b.params["params"], cache, tokens[:, 3:4])
     assert calls == [[4] * tokens.shape[0]] * b.config.num_layers
+
+    # Per-sequence indices (as generate sets them after a ragged prefill) reach the op as lengths.
+    ragged = decoder_lm.set_cache_index(cache, jnp.array([1, 3, 2], jnp.int32))
+    calls.clear()
+    decoder_lm.decode_step(b.config, b.params["params"], ragged, tokens[:, 3:4])
+    assert calls == [[2, 4, 3]] * b.config.num_layers
+
+
+def _greedy_by_full_forward(b, prompts, lengths, num_new):
+    """Greedy continuations computed with full forward passes only (the oracle for generate): row
+    i holds its prompt's first lengths[i] tokens, then num_new argmax tokens, then zeros."""
+    width = b.batch["inputs"].shape[1]
+    expected = np.zeros((len(lengths), width), np.int32)
+    for i, n in enumerate(lengths):
+        expected[i, :n] = prompts[i, :n]
+    for t in range(num_new):
+        logits = np.asarray(b.forward(b.params, {"inputs": jnp.asarray(expected)}))  # causal: later zeros don't matter
+        for i, n in enumerate(lengths):
+            expected[i, n + t] = np.argmax(logits[i, n + t - 1])
+    return expected
+
+
+def test_ragged_prompts_decode_like_each_prompt_alone():
+    """A batch of prompts of different lengths (right-padded with junk) continues each prompt as
+    if it were alone: per-sequence cache indices, and the lean decode op sees ragged lengths."""
+    b = built(NAME)
+    rng = np.random.default_rng(7)
+    width, num_new = 6, 6  # 6 + 6 = 12, the case's length, so b.forward is reused
+    lengths = np.array([6, 1, 3], np.int32)
+    prompts = rng.integers(1, b.config.vocab_size, (BATCH, width)).astype(np.int32)  # junk past each length
+    generate = jit(decoder_lm.generate, static_argnums=(0, 3), static_argnames=("temperature", "top_k"))
+    out = np.asarray(generate(b.config, b.params["params"], jnp.asarray(prompts), num_new, jax.random.PRNGKey(0),
+                              prompt_lengths=jnp.asarray(lengths), temperature=0.0))
+    chex.assert_shape(out, (BATCH, width + num_new))
+    np.testing.assert_array_equal(out, _greedy_by_full_forward(b, prompts, lengths, num_new))
+
+
+def test_sampled_generation_keeps_prompts_and_respects_top_k():
+    b = built(NAME)
+    prompt = jnp.asarray(b.batch["inputs"][:, :4])
+    lengths = jnp.array([4, 2, 3], jnp.int32)
+    out = np.asarray(decoder_lm.generate(b.config, b.params["params"], prompt, 5, jax.random.PRNGKey(1),
+                                         prompt_lengths=lengths, temperature=1.0, top_k=1, pad_id=-1))
+    # top_k=1 samples the argmax: the same tokens as greedy decoding.
+    greedy = np.asarray(decoder_lm.generate(b.config, b.params["params"], prompt, 5, jax.random.PRNGKey(2),
+                                            prompt_lengths=lengths, temperature=0.0, pad_id=-1))
+    np.testing.assert_array_equal(out, greedy)
+    for i, n in enumerate(np.asarray(lengths)):
+        np.testing.assert_array_equal(out[i, :n], np.asarray(prompt)[i, :n])
+        assert np.all(out[i, n:n + 5] >= 0) and np.all(out[i, n + 5:] == -1)
+
+
+@pytest.mark.parametrize("lengths, match", [([4, 0, 2], "within 1..4"), ([4, 5, 2], "within 1..4"),
+                                            ([4, 2], r"int \[batch=3\]")])
+def test_generate_rejects_bad_prompt_lengths(lengths, match):
+    b = built(NAME)
+    with pytest.raises(ValueError, match=match):
+        decoder_lm.generate(b.config, b.params["params"], jnp.zeros((3, 4), jnp.int32), 2, jax.random.PRNGKey(0),
+                            prompt_lengths=np.array(lengths, np.int32))
