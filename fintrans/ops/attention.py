@@ -269,5 +269,20 @@ def decode_attention(q: Array, k_cache: Array, v_cache: Array, lengths: Array, *
     if implementation == "xla_dense":
         keep = (jnp.arange(k_cache.shape[1])[None, :] < lengths[:, None])[:, None, None, :]
         return _dense_attention(q[:, None], k_cache, v_cache, mask=keep, scale=scale)[:, 0]
-    return lean.lean_decode_attention(q, k_cache, v_cache, lengths, sm_scale=scale,
-                                      implementation=implementation)
+
+    def kernel(q, k_cache, v_cache, lengths):
+        return lean.lean_decode_attention(q, k_cache, v_cache, lengths, sm_scale=scale,
+                                          implementation=implementation)
+    return _decode_per_shard(kernel, q, k_cache, v_cache, lengths)
+
+
+def _decode_per_shard(kernel, q, k_cache, v_cache, lengths):
+    """Under a mesh, runs the lean kernel on each (batch, heads) shard: its schedule flattens work
+    across sequences and heads, which XLA could not split (and a Pallas call not at all)."""
+    specs = shard_specs((q.shape[0], 1) + q.shape[1:], k_cache.shape)
+    if specs is None:
+        return kernel(q, k_cache, v_cache, lengths)
+    q_spec, kv_spec, _ = specs
+    q_spec = P(q_spec[0], q_spec[2], q_spec[3])  # q has no length axis
+    return jax.shard_map(kernel, in_specs=(q_spec, kv_spec, kv_spec, P(q_spec[0])), out_specs=q_spec,
+                         check_vma=False)(q, k_cache, v_cache, lengths)
