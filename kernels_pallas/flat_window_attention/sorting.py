@@ -16,13 +16,15 @@ room for the shifted windows). The authors pack everything into one integer,
 (their n1, m1, n2, m2 are returned doubled, which keeps the signed terms from overlapping), and
 argsort it. Sorting vx is the same as sorting lexicographically by
     sample,
-    window  = y1 * nwx + (x1 if y1 even else nwx - 1 - x1)        (snake across windows),
+    row     = y1                                                  (rows of windows),
+    across  = x1 if y1 even else nwx - 1 - x1                     (snake across windows),
     inside  = x2 * wy + (y2 if x2 even else wy - 1 - y2),  reversed (wx*wy - 1 - inside) when y1
               is odd                                             (snake inside the window),
-and vy the same with the roles of x and y swapped. These three keys are what `window_sort_keys`
-returns: each stays below the number of windows or of cells in a window, so no grid is large
-enough to overflow int32, while the authors' packed sum does (and their sample offset
-nx*ny*10 only separates samples when the windows are small against the grid).
+and vy the same with the roles of x and y swapped. These four keys are what `window_sort_keys`
+returns: each stays below the windows along one axis or the cells of one window, so no grid is
+large enough to overflow int32, while the authors' packed sum does (and their sample offset
+nx*ny*10 only separates samples when the windows are small against the grid). `window_order`
+packs (row, across, inside) into one int32 key when that cannot overflow (it sorts faster).
 
 axis='x' is the authors' "x" mapping (vx): consecutive windows step along x, and rows of windows
 follow each other along y; axis='y' (vy) steps windows along y.
@@ -67,9 +69,9 @@ def _snake(i, n, odd):
 
 
 def window_sort_keys(coords, sample_ids, *, grid_shape, window_shape, axis="x", shift=False):
-    """(sample, window, inside): int32 [N] keys; sorting by them lexicographically gives
+    """(sample, row, across, inside): int32 [N] keys; sorting by them lexicographically gives
     FlatFormer's order (see the module docstring). Padding slots (sample id < 0) get sample key
-    int32 max and window = inside = 0."""
+    int32 max and zeros for the others."""
     _check(coords, sample_ids, grid_shape, window_shape, axis)
     (nx, ny), (wx, wy) = grid_shape, window_shape
     coords = coords.astype(jnp.int32)
@@ -81,16 +83,16 @@ def window_sort_keys(coords, sample_ids, *, grid_shape, window_shape, axis="x", 
     y1, y2 = y // wy, y % wy
     if axis == "x":
         odd_row = y1 % 2 == 1
-        window = y1 * nwx + _snake(x1, nwx, odd_row)
+        row, across = y1, _snake(x1, nwx, odd_row)
         inside = _snake(x2 * wy + _snake(y2, wy, x2 % 2 == 1), wx * wy, odd_row)
     else:
         odd_col = x1 % 2 == 1
-        window = x1 * nwy + _snake(y1, nwy, odd_col)
+        row, across = x1, _snake(y1, nwy, odd_col)
         inside = _snake(y2 * wx + _snake(x2, wx, y2 % 2 == 1), wx * wy, odd_col)
     real = sample_ids >= 0
     sample = jnp.where(real, sample_ids.astype(jnp.int32), PADDING_SAMPLE_KEY)
-    zero = jnp.zeros_like(window)
-    return sample, jnp.where(real, window, zero), jnp.where(real, inside, zero)
+    zero = jnp.zeros_like(inside)
+    return (sample,) + tuple(jnp.where(real, key, zero) for key in (row, across, inside))
 
 
 def window_order(coords, sample_ids, *, grid_shape, window_shape, axis="x", shift=False):
@@ -98,12 +100,14 @@ def window_order(coords, sample_ids, *, grid_shape, window_shape, axis="x", shif
     each sample's tokens contiguous, padding slots last); `x[order]` is the sorted sequence."""
     keys = window_sort_keys(coords, sample_ids, grid_shape=grid_shape, window_shape=window_shape,
                             axis=axis, shift=shift)
-    sample, window, inside = keys
+    sample, row, across, inside = keys
     (nx, ny), (wx, wy) = grid_shape, window_shape
+    per_row = math.ceil((nx if axis == "x" else ny) / (wx if axis == "x" else wy)) + 1
     windows = (math.ceil(nx / wx) + 1) * (math.ceil(ny / wy) + 1)
     if windows * wx * wy <= jnp.iinfo(jnp.int32).max:
-        # Fewer keys sort faster: (window, inside) packed into one int32 when it cannot overflow.
-        keys = (sample, window * (wx * wy) + inside)
+        # Fewer keys sort faster: (row, across, inside) packed into one int32 when it cannot
+        # overflow.
+        keys = (sample, (row * per_row + across) * (wx * wy) + inside)
     iota = jnp.arange(coords.shape[0], dtype=jnp.int32)
     # A stable lexicographic sort by the keys; the iota rides along and comes out as the order.
     *_, order = jax.lax.sort(keys + (iota,), num_keys=len(keys), is_stable=True)
