@@ -1,0 +1,174 @@
+"""Equal-size grouping (FlatFormer): plan properties, gather/scatter round trip and gradients,
+for any per-sample counts (0, 1, exact multiples of the group size, padding slots)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels_pallas.flat_window_attention import (GroupPlan, group_tokens, make_group_plan,
+                                                  num_groups_for, ungroup_tokens, window_order)
+
+GRID, WINDOW = (24, 24), (6, 5)
+
+
+def batch(rng, counts, padding):
+    sid = np.concatenate([np.full(c, s) for s, c in enumerate(counts)] + [np.full(padding, -1)])
+    perm = rng.permutation(sid.size)
+    coords = rng.integers(0, GRID[0], (sid.size, 2))
+    return jnp.asarray(coords, jnp.int32), jnp.asarray(sid[perm], jnp.int32)
+
+
+def plan_for(coords, sid, num_samples, group_size, axis="x", shift=False):
+    order = window_order(coords, sid, grid_shape=GRID, window_shape=WINDOW, axis=axis, shift=shift)
+    return order, make_group_plan(order, sid, num_samples=num_samples, group_size=group_size)
+
+
+# counts per sample, padding slots, group size
+CASES = [
+    ([0, 1, 16, 33], 5, 16),     # empty, single token, exact multiple, one past
+    ([7], 0, 8),                 # one sample smaller than a group
+    ([1, 1, 1], 2, 32),          # only single tokens
+    ([64, 64], 0, 32),           # exact multiples, no padding slots
+    ([100, 0, 0, 3, 57], 11, 24),
+    ([0, 0], 4, 8),              # no real token at all
+]
+
+
+@pytest.fixture(scope="module")
+def jit_plan():
+    cache = {}
+
+    def get(num_samples, group_size):
+        if (num_samples, group_size) not in cache:
+            cache[num_samples, group_size] = jax.jit(
+                lambda c, s: plan_for(c, s, num_samples, group_size))
+        return cache[num_samples, group_size]
+    return get
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_plan_properties(jit_plan, case):
+    counts, padding, gs = CASES[case]
+    rng = np.random.default_rng(case)
+    coords, sid = batch(rng, counts, padding)
+    order, plan = jit_plan(len(counts), gs)(coords, sid)
+    n, s = int(sid.shape[0]), len(counts)
+    assert plan.group_size == gs and plan.num_groups == num_groups_for(n, s, gs) == -(-n // gs) + s
+    gather = np.asarray(plan.gather_index).reshape(plan.num_groups, gs)
+    sid_np, order_np = np.asarray(sid), np.asarray(order)
+    real_groups = sum(-(-c // gs) for c in counts)
+    group_sample = np.asarray(plan.group_sample)
+    # Groups come sample after sample, each sample filling ceil(count / gs) of them.
+    np.testing.assert_array_equal(group_sample[:real_groups],
+                                  np.repeat(np.arange(s), [-(-c // gs) for c in counts]))
+    assert np.all(group_sample[real_groups:] == -1)
+    for gi in range(real_groups):  # one sample per group, real tokens only
+        assert np.all(sid_np[gather[gi]] == group_sample[gi])
+    assert np.all(gather[real_groups:] == order_np[0])
+    # Each sample's run is its sorted tokens repeated cyclically.
+    pos = 0
+    for smp, c in enumerate(counts):
+        run = gather[pos:pos + -(-c // gs)].ravel()
+        own = order_np[np.flatnonzero(sid_np[order_np] == smp)]
+        assert own.size == c
+        np.testing.assert_array_equal(run, np.resize(own, run.size))
+        pos += -(-c // gs)
+    # Every real token appears at least once; scatter_index points at its first copy.
+    valid = sid_np >= 0
+    np.testing.assert_array_equal(np.asarray(plan.valid), valid)
+    flat = gather.ravel()
+    scatter = np.asarray(plan.scatter_index)
+    for slot in np.flatnonzero(valid):
+        first = np.flatnonzero(flat == slot)
+        assert first.size >= 1 and scatter[slot] == first[0]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_ungroup_of_group_is_identity_on_real_tokens_and_zero_on_padding(jit_plan, case):
+    counts, padding, gs = CASES[case]
+    rng = np.random.default_rng(100 + case)
+    coords, sid = batch(rng, counts, padding)
+    _, plan = jit_plan(len(counts), gs)(coords, sid)
+    x = jnp.asarray(rng.standard_normal((sid.shape[0], 3, 2)), jnp.float32)
+    grouped = group_tokens(x, plan)
+    assert grouped.shape == (plan.num_groups, gs, 3, 2)
+    back = ungroup_tokens(grouped, plan)
+    valid = np.asarray(sid) >= 0
+    np.testing.assert_array_equal(np.asarray(back)[valid], np.asarray(x)[valid])
+    assert np.all(np.asarray(back)[~valid] == 0)
+    # Any per-group change comes back through the first copy of each token.
+    doubled = ungroup_tokens(grouped * 2 + 1, plan)
+    np.testing.assert_array_equal(np.asarray(doubled)[valid], 2 * np.asarray(x)[valid] + 1)
+
+
+def test_gradients_flow_through_group_and_ungroup():
+    """d/dx sum(w * ungroup(f(group(x)))) with f = a per-group mix (each output depends on all
+    tokens of its group, copies included): checked against the same function written with numpy
+    index arithmetic, and ungroup alone passes gradients to first copies only."""
+    counts, padding, gs = [5, 0, 9, 1], 3, 4
+    rng = np.random.default_rng(7)
+    coords, sid = batch(rng, counts, padding)
+    _, plan = plan_for(coords, sid, len(counts), gs)
+    n = sid.shape[0]
+    x = jnp.asarray(rng.standard_normal((n, 2)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((n, 2)), jnp.float32)
+
+    def f(x):
+        g = group_tokens(x, plan)                          # [G, gs, 2]
+        g = jnp.tanh(g + jnp.sum(g, axis=1, keepdims=True))
+        return jnp.sum(w * ungroup_tokens(g, plan))
+
+    got = jax.grad(f)(x)
+    # Expected, via explicit one-hot matrices: group = A @ x, ungroup = B @ grouped.
+    gather, scatter = np.asarray(plan.gather_index), np.asarray(plan.scatter_index)
+    valid = np.asarray(plan.valid)
+    A = np.zeros((gather.size, n)); A[np.arange(gather.size), gather] = 1
+    B = np.zeros((n, gather.size)); B[np.flatnonzero(valid), scatter[valid]] = 1
+    M = np.kron(np.eye(plan.num_groups), np.ones((gs, gs))) + np.eye(gather.size)
+    want = jax.grad(lambda x: jnp.sum(w * (B @ jnp.tanh(M @ (A @ x)))))(np.asarray(x, np.float64))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    # ungroup alone: gradient 1 at each real token's first copy, 0 at other copies and padding.
+    g_un = jax.grad(lambda g: jnp.sum(ungroup_tokens(g, plan)))(group_tokens(x, plan))
+    np.testing.assert_array_equal(np.asarray(g_un).reshape(-1, 2)[:, 0], B.sum(0))
+    # group alone: each token's gradient counts its copies.
+    g_gr = jax.grad(lambda x: jnp.sum(group_tokens(x, plan)))(x)
+    np.testing.assert_array_equal(np.asarray(g_gr)[:, 0], A.sum(0))
+    assert np.all(A.sum(0)[valid] >= 1)
+
+
+def test_jit_with_static_n_compiles_once_for_new_counts():
+    f = jax.jit(lambda c, s, x: ungroup_tokens(group_tokens(x, plan_for(c, s, 3, 8)[1]), plan_for(c, s, 3, 8)[1]))
+    rng = np.random.default_rng(3)
+    for counts, padding in (([10, 0, 20], 6), ([1, 1, 34], 0), ([0, 0, 0], 36)):
+        coords, sid = batch(rng, counts, padding)
+        x = jnp.asarray(rng.standard_normal((36,)), jnp.float32)
+        got = np.asarray(f(coords, sid, x))
+        valid = np.asarray(sid) >= 0
+        np.testing.assert_array_equal(got, np.where(valid, np.asarray(x), 0))
+    assert f._cache_size() == 1
+
+
+def test_plan_passes_through_jit_with_static_sizes():
+    coords, sid = batch(np.random.default_rng(4), [9, 4], 3)
+    _, plan = plan_for(coords, sid, 2, 4)
+    x = jnp.arange(16.0)
+    out = jax.jit(lambda p, x: group_tokens(x, p))(plan, x)
+    assert out.shape == (plan.num_groups, 4)
+    assert jax.tree_util.tree_leaves(plan)[0].shape == plan.gather_index.shape
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda o, s, p: make_group_plan(o, s, num_samples=0, group_size=4), "num_samples must be a positive int"),
+    (lambda o, s, p: make_group_plan(o, s, num_samples=2, group_size=2.0), "group_size must be a positive int"),
+    (lambda o, s, p: make_group_plan(o, s[:-1], num_samples=2, group_size=4), r"must both be \[N\]"),
+    (lambda o, s, p: make_group_plan(o.astype(jnp.float32), s, num_samples=2, group_size=4), "order must be an integer"),
+    (lambda o, s, p: group_tokens(jnp.zeros((5, 2)), p), r"group_tokens expects x as \[N=16"),
+    (lambda o, s, p: ungroup_tokens(jnp.zeros((3, 4)), p), "ungroup_tokens expects"),
+    (lambda o, s, p: group_tokens(jnp.zeros((16,)), o), "plan must be a GroupPlan"),
+])
+def test_bad_inputs_name_the_problem(fn, message):
+    coords, sid = batch(np.random.default_rng(5), [9, 4], 3)
+    order, plan = plan_for(coords, sid, 2, 4)
+    assert isinstance(plan, GroupPlan)
+    with pytest.raises(ValueError, match=message):
+        fn(order, sid, plan)
