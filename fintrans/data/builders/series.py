@@ -1,0 +1,88 @@
+"""What the multivariate forecasting datasets (stocks, seattle_weather) share: the chronological split,
+training-split statistics, and the reader that standardises the series and cuts forecasting windows.
+
+The rules are sp500's (LTSF-Linear's): chronological 70/10/20 train/validation/test days; every channel
+standardised with the TRAIN split's mean and std (ddof=0) only; sliding windows (stride 1) whose
+targets lie inside one split, a validation/test window taking its inputs from the last input_len days
+before the split, so no target day of a split is lost.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from fintrans.data.builders.sp500 import split_bounds
+from fintrans.data.errors import DataConfigError, DatasetCorruptError
+from fintrans.data.sources import WindowSource
+from fintrans.data.spec import Loaded
+
+SPLITS = ("train", "validation", "test")
+__all__ = ["SPLITS", "split_bounds", "train_stats", "read_windows"]
+
+
+def train_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) per channel of the training split's values [days, channels], float64, ddof=0."""
+    values = np.asarray(values, np.float64)
+    return values.mean(axis=0), values.std(axis=0)
+
+
+def _metadata_stats(name: str, metadata: Mapping[str, Any], mean: np.ndarray, std: np.ndarray) -> None:
+    """The prepared dataset's metadata records the statistics too; they must agree with its records."""
+    stored = [np.asarray(metadata.get(k, ()), np.float64) for k in ("train_mean", "train_std")]
+    if any(s.shape != mean.shape or not np.allclose(s, m, rtol=1e-9, atol=1e-12)
+           for s, m in zip(stored, (mean, std))):
+        raise DatasetCorruptError(f"{name}: the normalisation statistics in the prepared dataset's metadata do not "
+                                  f"match its train records; delete the prepared dataset and prepare it again")
+
+
+def read_windows(name: str, records: Mapping[str, list[dict[str, Any]]], *, input_len: int, horizon: int,
+                 channels: Sequence[str], metadata: Mapping[str, Any],
+                 select: Sequence[int] | None = None, extra_info: Mapping[str, Any] | None = None) -> Loaded:
+    """Records {'date', 'values'} per split -> forecasting windows of the standardised series.
+
+    `select` keeps those channels (in that order) after checking the statistics of all of them.
+    Examples: {'inputs': float32[input_len, C], 'targets': float32[horizon, C]}. info holds the
+    channel names, the train mean/std to de-normalise forecasts (x * std + mean), every split's dates
+    and first_target (window i of a split forecasts dates[split][first_target[split] + i:][:horizon]).
+    """
+    dates = {s: np.asarray([r["date"].decode() if isinstance(r["date"], bytes) else r["date"]
+                            for r in records[s]]) for s in SPLITS}
+    empty = [s for s in SPLITS if not len(dates[s])]
+    if empty:
+        raise DatasetCorruptError(f"{name}: split(s) {empty} hold no records; delete the prepared dataset and "
+                                  f"prepare it again")
+    values = np.concatenate([np.stack([r["values"] for r in records[s]]) for s in SPLITS]).astype(np.float64)
+    all_dates = np.concatenate([dates[s] for s in SPLITS])
+    if not np.all(all_dates[1:] > all_dates[:-1]):
+        raise DatasetCorruptError(f"{name} records are not in strictly increasing date order; delete the prepared "
+                                  f"dataset and prepare it again")
+    num_train = len(dates["train"])
+    mean, std = train_stats(values[:num_train])
+    _metadata_stats(name, metadata, mean, std)
+    select = list(range(len(channels))) if select is None else list(select)
+    mean, std, values = mean[select], std[select], values[:, select]
+    series = ((values - mean) / std).astype(np.float32)
+
+    def make(windows: np.ndarray) -> dict[str, np.ndarray]:
+        return {"inputs": windows[:, :input_len], "targets": windows[:, input_len:]}
+
+    sources, first_target, start = {}, {}, 0
+    for split in SPLITS:
+        end = start + len(dates[split])
+        t0 = max(start, input_len)  # first target day (global index)
+        count = end - horizon - t0 + 1
+        if count < 1:
+            raise DataConfigError(
+                f"{name}: input_len={input_len} + horizon={horizon} leaves no window in split {split!r} "
+                f"({end - start} days); use a shorter input_len or horizon")
+        sources[split] = WindowSource(series, length=input_len + horizon, stride=1, first=t0 - input_len,
+                                      count=count, make=make)
+        first_target[split] = t0 - start
+        start = end
+    info = {
+        "channels": [channels[i] for i in select], "num_channels": len(select), "input_len": input_len,
+        "horizon": horizon, "mean": mean.astype(np.float32), "std": std.astype(np.float32),
+        "dates": dates, "first_target": first_target, **(extra_info or {}),
+    }
+    return Loaded(sources=sources, info=info)
