@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from fintrans.tasks import classification, forecasting, lm
+from fintrans.tasks import classification, forecasting, lm, segmentation
 from fintrans.tasks.base import BatchError, accumulate, summarize
 
-_TASKS = {m.name: m for m in (lm, classification, forecasting)}
+_TASKS = {m.name: m for m in (lm, classification, forecasting, segmentation)}
 
 
 def names() -> tuple[str, ...]:
