@@ -8,6 +8,10 @@ SMALL_CONFIGS = {
     "digits": {"name": "digits"},
     "sp500": {"name": "sp500", "input_len": 48, "horizon": 12},
     "finai_sentences": {"name": "finai_sentences", "max_len": 40},
+    "stocks": {"name": "stocks", "input_len": 48, "horizon": 12, "target": 0, "min_corr_pct": 0},
+    "seattle_weather": {"name": "seattle_weather", "input_len": 48, "horizon": 12},
+    "basic_motions": {"name": "basic_motions"},
+    "japanese_vowels": {"name": "japanese_vowels"},
 }
 
 

@@ -25,7 +25,8 @@ def _one_batch(ds, split="train", batch_size=8, **kw):
 
 
 def test_names():
-    assert fd.names() == ["chars", "digits", "finai_sentences", "sp500"]
+    assert fd.names() == ["basic_motions", "chars", "digits", "finai_sentences", "japanese_vowels", "seattle_weather", "sp500",
+                          "stocks"]
 
 
 def test_no_tensorflow_is_imported(load):

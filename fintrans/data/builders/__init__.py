@@ -1,4 +1,6 @@
 """One module per dataset: its tfds builder and the reader from its records to pipeline sources."""
-from fintrans.data.builders import chars, digits, finai_sentences, sp500
+from fintrans.data.builders import chars, digits, finai_sentences, seattle_weather, sp500, stocks, uea
 
-SPECS = {spec.name: spec for spec in (chars.SPEC, digits.SPEC, sp500.SPEC, finai_sentences.SPEC)}
+SPECS = {spec.name: spec for spec in (chars.SPEC, digits.SPEC, sp500.SPEC, finai_sentences.SPEC,
+                                      stocks.SPEC, seattle_weather.SPEC, uea.BASIC_MOTIONS,
+                                      uea.JAPANESE_VOWELS)}
