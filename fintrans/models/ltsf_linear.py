@@ -20,6 +20,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fintrans import axes
 from fintrans.layers import Dense, param_with_axes
@@ -34,7 +35,8 @@ def moving_average(x: jax.Array, kernel_size: int) -> jax.Array:
         raise ValueError(f"moving_average: kernel_size={kernel_size} must be a positive odd integer")
     pad = (kernel_size - 1) // 2
     padded = jnp.concatenate([jnp.repeat(x[:, :1], pad, axis=1), x, jnp.repeat(x[:, -1:], pad, axis=1)], axis=1)
-    window_sum = jax.lax.reduce_window(padded, jnp.array(0, x.dtype), jax.lax.add, (1, kernel_size, 1),
+    # A concrete (numpy) zero lets jax see the windowed sum and differentiate it under jit.
+    window_sum = jax.lax.reduce_window(padded, np.zeros((), padded.dtype), jax.lax.add, (1, kernel_size, 1),
                                        (1, 1, 1), "VALID")
     return window_sum / kernel_size
 
