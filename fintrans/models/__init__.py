@@ -20,6 +20,8 @@ _MODEL_MODULES = (
     "fintrans.models.vit",
     "fintrans.models.ltsf_linear",
     "fintrans.models.transformer_forecaster",
+    "fintrans.models.autoformer",
+    "fintrans.models.itransformer",
 )
 
 
