@@ -102,6 +102,23 @@ CASES = {c.name: c for c in [
          bad_inputs=(({"inputs": np.zeros((BATCH, 11, 2), np.float32)}, ("input_len=12", "(3, 11, 2)")),
                      ({"inputs": np.zeros((BATCH, 12, 2, 1), np.float32)}, ("num_channels=2", "(3, 12, 2, 1)"))),
          bad_values=(("head", "conv"), ("norm_position", "middle"), ("mlp_dim", -4), ("activation", "elu"))),
+    Case("autoformer",
+         dict(input_len=16, label_len=8, horizon=4, num_channels=2, embed_dim=16, num_heads=2, encoder_layers=1,
+              decoder_layers=1, mlp_dim=32, moving_avg=5, factor=1.0, dropout_rate=0.1),
+         lambda rng: _series(rng, 16, 2), (BATCH, 4, 2),
+         bad_inputs=(({"inputs": np.zeros((BATCH, 15, 2), np.float32)}, ("input_len=16", "(3, 15, 2)")),
+                     ({"inputs": np.zeros((BATCH, 16, 3), np.float32)}, ("num_channels=2", "(3, 16, 3)")),
+                     ({"inputs": np.zeros((BATCH, 16, 2), np.float32), "time_features": np.zeros((BATCH, 20, 1))},
+                      ("time_features", "num_time_features=0"))),
+         bad_values=(("moving_avg", 4), ("label_len", 17), ("factor", 0.1), ("activation", "elu"),
+                     ("num_heads", 3))),
+    Case("itransformer",
+         dict(input_len=12, horizon=4, num_channels=3, embed_dim=16, num_heads=2, num_layers=2, mlp_dim=32,
+              dropout_rate=0.1),
+         lambda rng: _series(rng, 12, 3), (BATCH, 4, 3),
+         bad_inputs=(({"inputs": np.zeros((BATCH, 11, 3), np.float32)}, ("input_len=12", "(3, 11, 3)")),
+                     ({"inputs": np.zeros((BATCH, 12, 2), np.float32)}, ("num_channels=3", "(3, 12, 2)"))),
+         bad_values=(("use_norm", "yes"), ("num_heads", 5), ("activation", "swish"), ("horizon", 0))),
 ]}
 
 
