@@ -68,7 +68,10 @@ def parse_ts(text: str, source: str = "<ts>") -> TsFile:
         *parts, label = row.split(":")
         if dims is not None and len(parts) != dims:
             raise DatasetCorruptError(f"{source}: series {n} has {len(parts)} dimensions, header says {dims}")
-        channels = [np.asarray(p.split(","), dtype=np.float64) for p in parts]
+        try:
+            channels = [np.asarray(p.split(","), dtype=np.float64) for p in parts]
+        except ValueError as e:
+            raise DatasetCorruptError(f"{source}: series {n} has missing or non-numeric values ({e})") from e
         if len({len(c) for c in channels}) != 1:
             raise DatasetCorruptError(f"{source}: series {n} has channels of different lengths")
         values = np.stack(channels, axis=1)
@@ -123,6 +126,7 @@ class _UeaBuilder(OfflineBuilder, skip_registration=True):
                 "index": np.int32,  # row in the official file, for tracing an example back
             }),
             supervised_keys=("series", "label"),
+            disable_shuffling=True,  # records in official-file order
             metadata=tfds.core.MetadataDict(problem=self.PROBLEM, max_len=max_len, num_channels=channels,
                                             class_names=list(train.class_names)),
         )
