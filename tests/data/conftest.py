@@ -1,4 +1,4 @@
-"""One temporary data_dir per test session, with all four datasets prepared once (a few seconds)."""
+"""One temporary data_dir per test session, with every dataset prepared once (seconds)."""
 import pytest
 
 import fintrans.data as fd
@@ -12,6 +12,7 @@ SMALL_CONFIGS = {
     "seattle_weather": {"name": "seattle_weather", "input_len": 48, "horizon": 12},
     "basic_motions": {"name": "basic_motions"},
     "japanese_vowels": {"name": "japanese_vowels"},
+    "synthetic_scenes": {"name": "synthetic_scenes", "max_points": 4096},
 }
 
 
