@@ -26,7 +26,7 @@ def _one_batch(ds, split="train", batch_size=8, **kw):
 
 def test_names():
     assert fd.names() == ["basic_motions", "chars", "digits", "finai_sentences", "japanese_vowels", "seattle_weather", "sp500",
-                          "stocks"]
+                          "stocks", "synthetic_scenes"]
 
 
 def test_no_tensorflow_is_imported(load):
