@@ -10,12 +10,13 @@ so a group's rows are fetched from HBM once (the sectors the first head leaves i
 next heads) and every byte of q, k, v is read once, every byte of out written once. The loop
 over (group, head) is a plain scf.for, which Triton software-pipelines (num_stages): the next
 pair's loads are in flight while this one computes. Within a (group, head), k and v are loaded
-once and the queries are taken in tiles of `bq` rows ([bq, S] f32 score tiles; see DEFAULTS).
+once and the queries are taken in tiles of `bq` rows ([bq, S] f32 score tiles; see DEFAULTS),
+by an inner loop.
 
 Padding inside the kernel (nothing is padded in HBM): Triton wants power-of-two tiles, so S is
 padded to S_pad = next power of two >= 16 (e.g. 144 -> 256) and head_dim to D_pad = next power
 of two >= 16, by masked loads (zeros) and masked stores; padded keys get -inf logits. Query tiles
-that lie wholly in the padding are skipped statically (144 = 3 tiles of 64, not 4).
+that lie wholly in the padding are skipped (144 rows = 5 tiles of 32, not 8).
 
 Forward writes out and the row logsumexp lse [G, H, S] (float32, base 2: log2(e) * sm_scale is
 folded into the logits so the kernel uses exp2). Backward (custom_vjp; residuals q, k, v, out,
@@ -148,10 +149,12 @@ def _dot(a, b, contract_a=1, contract_b=0):
 
 # ----------------------------------------------------------------------------- memory access
 
-def _rows_mask(p: _Plan, r0: int, rows: int, cols: bool):
-    """Mask of a [rows, D_pad] tile at row r0 (or of [rows] when cols is False), or None."""
+def _rows_mask(p: _Plan, r0, rows: int, cols: bool):
+    """Mask of a [rows, D_pad] tile starting at row r0 (or of [rows] when cols is False), or
+    None when every access is inside the array. Only tiles that may pass the end of the group
+    (the whole-group k/v tile, or query tiles when bq does not divide S) pay for the row mask."""
     mask = None
-    if r0 + rows > p.group_size:
+    if rows > p.group_size or p.group_size % rows:
         mask = (r0 + jnp.arange(rows)) < p.group_size
         if cols:
             mask = mask[:, None]
@@ -161,7 +164,7 @@ def _rows_mask(p: _Plan, r0: int, rows: int, cols: bool):
     return mask
 
 
-def _load(ref, p: _Plan, g, h, r0: int, rows: int):
+def _load(ref, p: _Plan, g, h, r0, rows: int):
     """Rows [r0, r0 + rows) of (group g, head h) as [rows, D_pad]; zeros outside the array."""
     view = ref.at[g, pl.ds(r0, rows), h, pl.ds(0, p.d_pad)]
     mask = _rows_mask(p, r0, rows, True)
@@ -170,7 +173,7 @@ def _load(ref, p: _Plan, g, h, r0: int, rows: int):
     return plgpu.load(view, mask=mask, other=0.0)
 
 
-def _store(ref, p: _Plan, g, h, r0: int, value):
+def _store(ref, p: _Plan, g, h, r0, value):
     view = ref.at[g, pl.ds(r0, value.shape[0]), h, pl.ds(0, p.d_pad)]
     mask = _rows_mask(p, r0, value.shape[0], True)
     if mask is None:
@@ -179,7 +182,7 @@ def _store(ref, p: _Plan, g, h, r0: int, value):
         plgpu.store(view, value.astype(ref.dtype), mask=mask)
 
 
-def _lse_view(ref, p: _Plan, g, h, r0: int, rows: int):
+def _lse_view(ref, p: _Plan, g, h, r0, rows: int):
     return ref.at[g, h, pl.ds(r0, rows)], _rows_mask(p, r0, rows, False)
 
 
@@ -202,9 +205,14 @@ def _for_each_pair(p: _Plan, body):
     lax.fori_loop(0, n * p.heads, step, 0)
 
 
-def _tiles(p: _Plan, bq: int):
-    """Static start rows of the query tiles that hold real rows."""
-    return range(0, p.group_size, bq)
+def _for_each_tile(p: _Plan, bq: int, body, carry):
+    """carry = body(r0, carry) for the query tiles [r0, r0 + bq) that hold real rows (144 rows
+    in tiles of 32: 5 tiles, not the 8 of S_pad). A loop rather than unrolled tiles: smaller
+    programs for Triton (and for interpret mode)."""
+    n = -(-p.group_size // bq)
+    if n == 1:
+        return body(0, carry)
+    return lax.fori_loop(0, n, lambda i, c: body(pl.multiple_of(i * bq, bq), c), carry)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -215,7 +223,8 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, p: _Plan):
     def pair(g, h):
         k = _load(k_ref, p, g, h, 0, p.s_pad)
         v = _load(v_ref, p, g, h, 0, p.s_pad)
-        for r0 in _tiles(p, bq):
+
+        def tile(r0, carry):
             s = _logits(p, _load(q_ref, p, g, h, r0, bq), k)
             m = jnp.max(s, axis=1)                 # finite: every row has a real key
             e = jnp.exp2(s - m[:, None])
@@ -228,6 +237,8 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, p: _Plan):
                 view[...] = lse
             else:
                 plgpu.store(view, lse, mask=mask)
+            return carry
+        _for_each_tile(p, bq, tile, 0)
 
     _for_each_pair(p, pair)
 
@@ -238,9 +249,9 @@ def _bwd_kernel(q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, dq_ref, dk_ref, dv_
     def pair(g, h):
         k = _load(k_ref, p, g, h, 0, p.s_pad)
         v = _load(v_ref, p, g, h, 0, p.s_pad)
-        dk = jnp.zeros((p.s_pad, p.d_pad), jnp.float32)
-        dv = jnp.zeros((p.s_pad, p.d_pad), jnp.float32)
-        for r0 in _tiles(p, bq):
+
+        def tile(r0, carry):
+            dk, dv = carry
             q = _load(q_ref, p, g, h, r0, bq)
             do = _load(do_ref, p, g, h, r0, bq)
             o = _load(o_ref, p, g, h, r0, bq)
@@ -253,7 +264,9 @@ def _bwd_kernel(q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, dq_ref, dk_ref, dv_
             ds = prob * (_dot(do, v, 1, 1) - delta[:, None])                 # dS (natural units)
             ds = ds.astype(q.dtype)
             _store(dq_ref, p, g, h, r0, _dot(ds, k) * p.sm_scale)
-            dk = dk + _dot(ds, q, 0, 0)                                       # dS^T q
+            return dk + _dot(ds, q, 0, 0), dv                                 # dS^T q
+        zeros = jnp.zeros((p.s_pad, p.d_pad), jnp.float32)
+        dk, dv = _for_each_tile(p, bq, tile, (zeros, zeros))
         _store(dk_ref, p, g, h, 0, dk * p.sm_scale)
         _store(dv_ref, p, g, h, 0, dv)
 

@@ -1,0 +1,154 @@
+"""pallas_gpu (Pallas + Triton lowering) grouped attention against the float64 dense oracle.
+
+On CPU the kernels run in interpret mode at tiny shapes that still exercise what matters: the
+(group, head) loop of a program, a last program with fewer groups (num_groups not a multiple of
+groups_per_block), several query tiles per group, group sizes that are not powers of two (144:
+keys padded to 256 and masked, a partial last query tile), head_dim padded to a power of two
+(24 -> 32), float32 and bfloat16. The same kernels are lowered to Triton for CUDA (no GPU
+needed), and a `gpu_only` test runs them compiled at the benchmark's size.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas.flat_window_attention import grouped_attention, pallas_gpu, reference
+
+# max|got - want| / max|want| for the output and each gradient; bf16 inputs are exact in f64, so
+# this bounds the kernel's own rounding (p and dS rounded to bf16 before their matmuls).
+TOLERANCE = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.bfloat16): 1.5e-2,
+             jnp.dtype(jnp.float16): 2e-3}
+
+
+def _inputs(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    return [jnp.asarray(rng.standard_normal(shape, np.float32)).astype(dtype) for _ in range(4)]
+
+
+def _forward_and_grads(fn, q, k, v, do):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return (out,) + vjp(do.astype(out.dtype))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _oracle_f64(sm_scale, q, k, v, do):
+    fn = functools.partial(reference.attention, sm_scale=sm_scale)
+    return _forward_and_grads(fn, q, k, v, do)
+
+
+def check_against_oracle(impl, shape, dtype, seed=0):
+    """impl(q, k, v) (sm_scale left to the default) must match the float64 oracle."""
+    dtype = jnp.dtype(dtype)
+    q, k, v, do = _inputs(shape, dtype, seed)
+    got = jax.jit(lambda *a: _forward_and_grads(impl, *a))(q, k, v, do)
+    with jax.enable_x64(True):
+        f64 = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
+        want = [np.asarray(w) for w in _oracle_f64(shape[-1] ** -0.5, *map(f64, (q, k, v, do)))]
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        assert g.shape == shape and g.dtype == dtype, (name, g.shape, g.dtype)
+        g = np.asarray(g.astype(jnp.float32), np.float64)
+        assert np.all(np.isfinite(g)), name
+        err = float(np.max(np.abs(g - w))) / float(np.max(np.abs(w)))
+        assert err <= TOLERANCE[dtype], f"{name}: error {err:.2e} > {TOLERANCE[dtype]:.0e} at {shape} {dtype}"
+
+
+def _impl(groups_per_block, interpret=True):
+    return functools.partial(grouped_attention, implementation="pallas_gpu", interpret=interpret,
+                             groups_per_block=groups_per_block)
+
+
+# (num_groups, group_size, heads, head_dim), dtype, groups_per_block. Each case covers several
+# requirements (interpret mode costs seconds of compiling per case).
+INTERPRET_CASES = [
+    # 3 programs, the last with 1 group; one query tile per group; head_dim 64.
+    ((5, 32, 2, 64), jnp.float32, 2),
+    # 2 programs, the last with 1 group; 64 rows in 1 tile; 3 heads (odd); bf16.
+    ((3, 64, 3, 16), jnp.bfloat16, 2),
+    # 144: keys padded to 256 (-inf logits), 5 query tiles of 32, the last 16 rows real; head_dim
+    # 24 padded to 32 (masked columns); 3 programs of 1 group.
+    ((3, 144, 2, 24), jnp.float32, 1),
+    # 256: 8 query tiles per group; the backward accumulates dk, dv over them; bf16.
+    ((2, 256, 1, 16), jnp.bfloat16, 1),
+]
+
+
+@pytest.mark.parametrize("shape,dtype,gpb", INTERPRET_CASES,
+                         ids=[f"{'x'.join(map(str, s))}-{jnp.dtype(d).name}-gpb{g}"
+                              for s, d, g in INTERPRET_CASES])
+def test_interpret_matches_oracle(shape, dtype, gpb):
+    check_against_oracle(_impl(gpb), shape, dtype)
+
+
+@pytest.mark.parametrize("shape,dtype", [((2048, 128, 8, 16), jnp.bfloat16),
+                                         ((1000, 144, 8, 16), jnp.float16),
+                                         ((77, 256, 2, 64), jnp.float32)])
+def test_lowers_to_triton_for_cuda(shape, dtype):
+    """Without a GPU, the compiled path still lowers to Triton custom calls for CUDA: one
+    forward kernel, one backward kernel (catches ops the Triton lowering rejects and tiles that
+    are not powers of two)."""
+    q = jax.ShapeDtypeStruct(shape, dtype)
+    p = pallas_gpu._plan(q, shape[-1] ** -0.5, None, False)
+    out, lse = jax.eval_shape(lambda *a: pallas_gpu._forward(p, *a), q, q, q)
+    assert lse.shape == (shape[0], shape[2], shape[1])
+    fwd = jax.jit(lambda *a: pallas_gpu._forward(p, *a)).trace(q, q, q)
+    bwd = jax.jit(lambda *a: pallas_gpu._backward(p, *a)).trace(q, q, q, out, lse, q)
+    texts = [t.lower(lowering_platforms=("cuda",)).as_text() for t in (fwd, bwd)]
+    assert [t.count("xla.gpu.triton") for t in texts] == [1, 1]
+
+
+def test_defaults():
+    """The launch table follows its rule: power-of-two tiles of >= 16 rows whose [bq, S_pad]
+    score tile stays within 8192 f32; groups_per_block gives ~256 rows a head and >= 1024
+    programs when there are enough groups."""
+    for (s_pad, d_pad), launches in pallas_gpu.DEFAULTS.items():
+        for launch in launches:
+            assert launch.bq >= 16 and launch.bq & (launch.bq - 1) == 0
+            assert launch.bq <= s_pad and launch.bq * s_pad <= 8192 or launch.bq == 16
+    assert pallas_gpu.default_groups_per_block(2048, 128) == 2   # the anchor: 1024 programs
+    assert pallas_gpu.default_groups_per_block(4096, 64) == 4
+    assert pallas_gpu.default_groups_per_block(1821, 144) == 1
+    assert pallas_gpu.default_groups_per_block(5, 32) == 1
+
+
+def test_rejects_what_it_cannot_do():
+    """NotImplementedError (dispatch falls through to xla) for inputs the kernel does not take;
+    RuntimeError when asked to compile without a GPU."""
+    with pytest.raises(NotImplementedError, match="registers"):
+        q = jnp.zeros((1, 1024, 1, 64), jnp.float32)
+        pallas_gpu.attention(q, q, q, sm_scale=0.125, interpret=True)
+    with jax.enable_x64(True):
+        q = jnp.zeros((1, 32, 1, 16), jnp.float64)
+        with pytest.raises(NotImplementedError, match="float64"):
+            pallas_gpu.attention(q, q, q, sm_scale=0.25, interpret=True)
+    if jax.default_backend() != "gpu":
+        q = jnp.zeros((1, 32, 1, 16), jnp.float32)
+        with pytest.raises(RuntimeError, match="interpret=True"):
+            grouped_attention(q, q, q, implementation="pallas_gpu")
+
+
+# Compiled on a real GPU with the defaults, at the benchmark's shape (262,144 tokens, 8 heads of
+# 16; groups of 128 and 144), against the float32 dense reference on the same GPU.
+GPU_CASES = [((2048, 128, 8, 16), jnp.bfloat16), ((1821, 144, 8, 16), jnp.float16),
+             ((4096, 64, 8, 16), jnp.float32), ((300, 256, 4, 64), jnp.bfloat16)]
+
+
+@pytest.mark.gpu_only
+@pytest.mark.parametrize("shape,dtype", GPU_CASES,
+                         ids=[f"{'x'.join(map(str, s))}-{jnp.dtype(d).name}" for s, d in GPU_CASES])
+def test_gpu_matches_reference(shape, dtype):
+    q, k, v, do = _inputs(shape, dtype, 1)
+    kernel = functools.partial(grouped_attention, implementation="pallas_gpu")
+    got = jax.jit(lambda *a: _forward_and_grads(kernel, *a))(q, k, v, do)
+    dense = functools.partial(reference.attention, sm_scale=shape[-1] ** -0.5)
+    with jax.default_matmul_precision("highest"):
+        f32 = lambda x: x.astype(jnp.float32)
+        want = jax.jit(lambda *a: _forward_and_grads(dense, *a))(f32(q), f32(k), f32(v), f32(do))
+    tol = max(TOLERANCE[jnp.dtype(dtype)], 2e-5)  # the f32 reference rounds too
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+        err = np.max(np.abs(g - w)) / np.max(np.abs(w))
+        assert np.isfinite(g).all() and err <= tol, (name, err)
