@@ -22,6 +22,7 @@ _MODEL_MODULES = (
     "fintrans.models.transformer_forecaster",
     "fintrans.models.autoformer",
     "fintrans.models.itransformer",
+    "fintrans.models.time2vec_encoder",
 )
 
 

@@ -119,6 +119,13 @@ CASES = {c.name: c for c in [
          bad_inputs=(({"inputs": np.zeros((BATCH, 11, 3), np.float32)}, ("input_len=12", "(3, 11, 3)")),
                      ({"inputs": np.zeros((BATCH, 12, 2), np.float32)}, ("num_channels=3", "(3, 12, 2)"))),
          bad_values=(("use_norm", "yes"), ("num_heads", 5), ("activation", "swish"), ("horizon", 0))),
+    Case("time2vec_encoder",
+         dict(input_len=12, horizon=4, num_channels=2, time2vec_dim=3, num_heads=2, head_dim=8, num_layers=2,
+              mlp_dim=32, head_hidden=16, dropout_rate=0.1),
+         lambda rng: _series(rng, 12, 2), (BATCH, 4, 2),
+         bad_inputs=(({"inputs": np.zeros((BATCH, 11, 2), np.float32)}, ("input_len=12", "(3, 11, 2)")),
+                     ({"inputs": np.zeros((BATCH, 12, 3), np.float32)}, ("num_channels=2", "(3, 12, 3)"))),
+         bad_values=(("time2vec_input", "index"), ("time2vec_dim", 0), ("embed_dim", -1), ("head", "last"))),
 ]}
 
 
