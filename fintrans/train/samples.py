@@ -77,6 +77,24 @@ def forecasting_sample(trainer, params, print_fn) -> dict[str, Any]:
     return out
 
 
+def segmentation_sample(trainer, params, print_fn) -> dict[str, Any]:
+    """Per-class point counts, predicted and true, and the accuracy on the first test example."""
+    outputs, batch = _predict(trainer, params, _first_batch(trainer, "test"))
+    mask = batch["mask"][0]
+    predicted, labels = outputs[0].argmax(-1)[mask], batch["label"][0][mask]
+    num_classes = outputs.shape[-1]
+    names = list(trainer.dataset.info.get("classes", range(num_classes)))
+    pred_counts = np.bincount(predicted, minlength=num_classes)
+    true_counts = np.bincount(labels, minlength=num_classes)
+    accuracy = float(np.mean(predicted == labels)) if len(labels) else float("nan")
+    print_fn(f"\n--- first test example ({len(labels)} points, accuracy {accuracy:.3f}): points per class, "
+             "predicted / true ---")
+    for c in range(num_classes):
+        print_fn(f"{str(names[c]):<12s} {pred_counts[c]:8d} {true_counts[c]:8d}")
+    return {"accuracy": accuracy, "classes": [str(n) for n in names], "predicted_counts": pred_counts.tolist(),
+            "true_counts": true_counts.tolist()}
+
+
 def _plot_forecast(path, history, pred, true, name):
     # A bare Figure, not pyplot: switching pyplot's backend (matplotlib.use) would stop a notebook's
     # inline figures after training.
@@ -97,7 +115,7 @@ def _plot_forecast(path, history, pred, true, name):
 
 
 _SAMPLERS: dict[str, Callable] = {"lm": lm_sample, "classification": classification_sample,
-                                  "forecasting": forecasting_sample}
+                                  "forecasting": forecasting_sample, "segmentation": segmentation_sample}
 
 
 def show_sample(trainer, params, print_fn=print) -> dict[str, Any]:
