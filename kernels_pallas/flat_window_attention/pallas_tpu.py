@@ -62,6 +62,12 @@ VMEM_BLOCK_BUDGET = 8 * 1024 * 1024
 # Keep at least this many grid steps when there are enough groups: the pipeline overlaps the
 # next block's DMA with this block's compute, and megacore chips (v5p) split the grid over 2 cores.
 MIN_STEPS = 8
+# Larger groups would need [S, S] temporaries of over 1 MiB each: left to xla.
+MAX_GROUP_SIZE = 512
+# VMEM: above the smallest default scoped limit (16 MiB on v5e) the call asks for what it needs,
+# up to 48 MiB (v5p has 95 MiB of VMEM, v5e and v6e 128 MiB); beyond that, NotImplementedError.
+DEFAULT_SCOPED_VMEM = 16 * 1024 * 1024
+MAX_VMEM = 48 * 1024 * 1024
 
 # Names that moved between jax releases.
 _CompilerParams = getattr(pltpu, "CompilerParams", None) or getattr(pltpu, "TPUCompilerParams")
@@ -80,6 +86,16 @@ class _Config:
     sm_scale: float
     groups_per_block: int
     interpret: bool
+    vmem_limit: Optional[int]   # bytes to ask Mosaic for, None: the default scoped limit
+
+
+def _vmem_estimate(s: int, heads: int, head_dim: int, chunk: int, gpb: int, itemsize: int) -> int:
+    """Bytes of VMEM the backward (the larger kernel) needs, roughly: double-buffered blocks of
+    q, k, v, o, dO, dq, dk, dv and lse, plus the f32 temporaries of one chunk ([S, S] scores,
+    p, dp, ds and [S, W] operands and accumulators)."""
+    blocks = 2 * gpb * (8 * s * heads * head_dim * itemsize + heads * s * 4)
+    temps = 6 * s * s * 4 + 10 * s * chunk * 4
+    return blocks + temps
 
 
 def _chunking(heads: int, head_dim: int):
@@ -122,8 +138,18 @@ def attention(q, k, v, *, sm_scale: float, groups_per_block: Optional[int] = Non
         groups_per_block = default_groups_per_block(g, s, h, d, q.dtype.itemsize)
     if int(groups_per_block) < 1:
         raise ValueError(f"groups_per_block must be a positive integer, got {groups_per_block}")
+    if s > MAX_GROUP_SIZE:
+        raise NotImplementedError(f"pallas_tpu takes group_size up to {MAX_GROUP_SIZE}, got {s}")
     chunk, hpc = _chunking(h, d)
-    cfg = _Config(g, s, h, d, chunk, hpc, float(sm_scale), int(groups_per_block), bool(interpret))
+    need = _vmem_estimate(s, h, d, chunk, int(groups_per_block), q.dtype.itemsize)
+    if need > MAX_VMEM:
+        raise NotImplementedError(
+            f"pallas_tpu: ~{need >> 20} MiB of VMEM for groups_per_block={groups_per_block}, "
+            f"group_size {s}, {h} heads of {d} (limit {MAX_VMEM >> 20} MiB); use fewer groups "
+            f"per block or implementation='xla'")
+    limit = None if need <= DEFAULT_SCOPED_VMEM * 3 // 4 else min(MAX_VMEM, 2 * need)
+    cfg = _Config(g, s, h, d, chunk, hpc, float(sm_scale), int(groups_per_block), bool(interpret),
+                  limit)
     return _attention(q, k, v, cfg)
 
 
@@ -179,7 +205,8 @@ def _call(kernel, cfg, in_specs, out_specs, out_shape, cost):
     return pl.pallas_call(
         kernel, grid=(pl.cdiv(cfg.num_groups, cfg.groups_per_block),), in_specs=in_specs,
         out_specs=out_specs, out_shape=out_shape, interpret=interpret, cost_estimate=cost,
-        compiler_params=_CompilerParams(dimension_semantics=("parallel",)))
+        compiler_params=_CompilerParams(dimension_semantics=("parallel",),
+                                        vmem_limit_bytes=cfg.vmem_limit))
 
 
 def _specs(cfg: _Config, n: int):
