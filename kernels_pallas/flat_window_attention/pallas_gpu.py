@@ -8,22 +8,27 @@ Programs. One program per block of `groups_per_block` groups, ALL heads: it loop
 strided by H*D, but consecutive iterations read the neighbouring D-wide column of the same rows,
 so a group's rows are fetched from HBM once (the sectors the first head leaves in L2 serve the
 next heads) and every byte of q, k, v is read once, every byte of out written once. The loop
-over (group, head) is a plain scf.for, which Triton software-pipelines (num_stages): the next
-pair's loads are in flight while this one computes. Within a (group, head), k and v are loaded
-once and the queries are taken in tiles of `bq` rows ([bq, S] f32 score tiles; see DEFAULTS),
-by an inner loop.
+over (group, head) is a plain scf.for, which Triton software-pipelines (num_stages). Within a
+(group, head), k and v are loaded once and the queries are taken in tiles of `bq` rows
+([bq, S] f32 score tiles; see DEFAULTS).
 
-Padding inside the kernel (nothing is padded in HBM): Triton wants power-of-two tiles, so S is
-padded to S_pad = next power of two >= 16 (e.g. 144 -> 256) and head_dim to D_pad = next power
-of two >= 16, by masked loads (zeros) and masked stores; padded keys get -inf logits. Query tiles
-that lie wholly in the padding are skipped (144 rows = 5 tiles of 32, not 8).
+Shapes that are not powers of two (Triton tiles must be), with nothing padded in HBM: the keys
+of a group are cut into power-of-two PIECES covering S rounded up to 16 (144 = 128 + 16,
+200 -> 208 = 128 + 64 + 16), each piece its own k/v tile and score tile; the softmax runs over
+all pieces at once. Query rows go in full tiles of bq (a loop) and a remainder cut the same way
+(144 = 2 x 64 + 16). So a group of 144 computes 144 x 144 scores, not the 256 x 256 of padding
+to a power of two: this workload is bound by memory and by exp throughput about equally (at
+S = 128, 8 heads of 16, the exps take about as long as reading q, k, v and writing out once),
+so padded scores would cost real time. Only the last piece can pass S (masked loads give zeros,
+its padded keys get -inf logits, masked stores). head_dim is padded to a power of two >= 16 by
+masked loads and stores.
 
 Forward writes out and the row logsumexp lse [G, H, S] (float32, base 2: log2(e) * sm_scale is
 folded into the logits so the kernel uses exp2). Backward (custom_vjp; residuals q, k, v, out,
 lse): ONE kernel with the same programs recomputes p = exp2(s - lse) per query tile, takes
 delta = rowsum(dO * O) from the out and dO tiles it loads anyway (no extra XLA pass), writes dq
-per tile and accumulates dk, dv over the tiles in registers, written once per (group, head).
-Groups are independent, so no atomics and no second kernel.
+per tile and accumulates dk, dv (per key piece) over the tiles in registers, written once per
+(group, head). Groups are independent, so no atomics and no second kernel.
 """
 from __future__ import annotations
 
@@ -44,20 +49,21 @@ __all__ = ["attention", "DEFAULTS", "default_groups_per_block"]
 # called it `TritonCompilerParams` (and older still took a dict, see _params).
 _PARAMS_CLS = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams", None)
 _LOG2E = math.log2(math.e)
-_MIN_TILE = 16          # Triton dots need M, N, K >= 16
-_MAX_TILE_ELEMS = 8192  # f32 elements of one [bq, S_pad] score tile
-_MAX_KV_ELEMS = 32768   # S_pad * D_pad: k and v stay in registers for a whole (group, head)
-# Rows (groups_per_block * S_pad) of each head a program handles; with H heads a program does
+_MIN_TILE = 16               # Triton dots need M, N, K >= 16
+_FWD_TILE_ELEMS = 16384      # f32 elements of one [bq, S16] forward score tile
+_BWD_TILE_ELEMS = 8192       # the backward keeps p and dp/ds tiles live at once
+_MAX_KV_ELEMS = 32768        # S16 * D_pad: k and v stay in registers for a whole (group, head)
+# Rows (groups_per_block * S16) of each head a program handles; with H heads a program does
 # H times that. 256 rows is 2 groups of 128 (or 1 of 144/256, 4 of 64, 8 of 32): a loop of
 # 2 * H (group, head) iterations for the pipeliner, while G = 2048 groups of 128 still give
 # 1024 programs (~8 per SM on 132 SMs: a small tail).
 TARGET_ROWS = 256
-MIN_PROGRAMS = 1024     # groups_per_block shrinks (never below 1) to keep this many programs
+MIN_PROGRAMS = 1024          # groups_per_block shrinks (never below 1) to keep this many programs
 
 
 @dataclasses.dataclass(frozen=True)
 class _Launch:
-    bq: int       # query rows per tile
+    bq: int       # query rows per full tile
     warps: int
     stages: int
 
@@ -66,27 +72,44 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _launch(s_pad: int, d_pad: int, backward: bool) -> _Launch:
+def _round16(n: int) -> int:
+    return -(-n // _MIN_TILE) * _MIN_TILE
+
+
+def _pieces(start: int, n: int):
+    """(start, size) power-of-two pieces, largest first, covering n rows (n a multiple of 16)."""
+    out = []
+    while n:
+        size = 1 << (n.bit_length() - 1)
+        out.append((start, size))
+        start, n = start + size, n - size
+    return tuple(out)
+
+
+def _launch(group_size: int, d_pad: int, backward: bool) -> _Launch:
     """The rule behind DEFAULTS (chosen by reasoning about registers, not by measurement: the
     session that wrote this had no GPU).
 
-    - bq: a [bq, S_pad] f32 score tile of at most 8192 elements (64 per thread at 4 warps),
-      as the FlashAttention-2 Triton kernels use (128 x 64): S_pad 128 -> 64-row tiles, 256 -> 32.
-    - warps: 4 forward (score tile + k, v of the group + a [bq, D] accumulator); 8 backward,
-      which keeps p, dp/ds and two [S_pad, D] f32 accumulators live; 8 forward too once k and v
-      alone reach 16K elements (S_pad * D_pad), e.g. 256 x 64.
-    - stages 2: the (group, head) loop prefetches the next pair's k, v and q tiles (a few KiB
-      of shared memory at head_dim 16).
+    - bq: the largest power of two whose [bq, S16] f32 score tile has at most 16384 elements
+      forward (64 a thread at 8 warps: group 128 is one tile of 128 rows, 144 is 2 x 64 + 16,
+      256 is 4 x 64) and 8192 backward, which keeps p and dp/ds live together (128 -> 2 x 64).
+    - warps: 8 when the score tile passes 8192 elements or k and v reach 16K elements
+      (S16 * D_pad, e.g. 256 x 64), else 4 (small groups: more programs per SM); always 8
+      backward (two more [S16, D] f32 accumulators).
+    - stages 2: the loops prefetch the next tile's operands (a few KiB of shared memory at
+      head_dim 16).
     """
-    bq = max(_MIN_TILE, min(s_pad, _MAX_TILE_ELEMS // s_pad))
-    big = s_pad * d_pad >= 16384
+    s16 = _round16(group_size)
+    budget = _BWD_TILE_ELEMS if backward else _FWD_TILE_ELEMS
+    bq = max(_MIN_TILE, min(_pow2(s16), 1 << ((budget // s16).bit_length() - 1)))
+    big = bq * s16 > 8192 or s16 * d_pad >= 16384
     return _Launch(bq, 8 if (backward or big) else 4, 2)
 
 
-# (S_pad, D_pad) -> (forward, backward) launch parameters, for the shapes FlatFormer uses
-# (group 32..256 -> S_pad 32..256; head_dim 16..64). Other shapes follow the same rule.
+# (group_size, D_pad) -> (forward, backward) launch parameters for the shapes FlatFormer uses
+# (groups of 32..256, head_dim 16..64). Other shapes follow the same rule.
 DEFAULTS = {(s, d): (_launch(s, d, False), _launch(s, d, True))
-            for s in (16, 32, 64, 128, 256) for d in (16, 32, 64)}
+            for s in (32, 64, 128, 144, 256) for d in (16, 32, 64)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +119,9 @@ class _Plan:
     group_size: int
     heads: int
     head_dim: int
-    s_pad: int
+    s16: int           # group_size rounded up to 16: the rows the kernels may touch
     d_pad: int
+    key_pieces: tuple  # ((start, size), ...) covering s16
     sm_scale: float
     groups_per_block: int
     fwd: _Launch
@@ -110,27 +134,26 @@ class _Plan:
 
 
 def default_groups_per_block(num_groups: int, group_size: int) -> int:
-    gpb = max(1, TARGET_ROWS // _pow2(max(group_size, _MIN_TILE)))
+    gpb = max(1, TARGET_ROWS // _round16(group_size))
     return max(1, min(gpb, num_groups // MIN_PROGRAMS))
 
 
 def _plan(q, sm_scale, groups_per_block, interpret) -> _Plan:
     g, s, h, d = q.shape
-    s_pad, d_pad = _pow2(max(s, _MIN_TILE)), _pow2(max(d, _MIN_TILE))
-    if s_pad * d_pad > _MAX_KV_ELEMS:
+    s16, d_pad = _round16(s), _pow2(max(d, _MIN_TILE))
+    if s16 * d_pad > _MAX_KV_ELEMS:
         raise NotImplementedError(
             f"pallas_gpu keeps a group's k and v in registers: group_size {s} x head_dim {d} "
-            f"(padded {s_pad} x {d_pad}) exceeds {_MAX_KV_ELEMS} elements")
+            f"(padded {s16} x {d_pad}) exceeds {_MAX_KV_ELEMS} elements")
     if q.size >= 2 ** 31:
         raise NotImplementedError("pallas_gpu indexes with int32: inputs must have < 2**31 elements")
     if groups_per_block is None:
         groups_per_block = default_groups_per_block(g, s)
     if int(groups_per_block) < 1:
         raise ValueError(f"groups_per_block must be a positive integer, got {groups_per_block}")
-    fwd, bwd = DEFAULTS.get((s_pad, d_pad)) or (_launch(s_pad, d_pad, False),
-                                                 _launch(s_pad, d_pad, True))
-    return _Plan(g, s, h, d, s_pad, d_pad, float(sm_scale), int(groups_per_block), fwd, bwd,
-                 bool(interpret))
+    fwd, bwd = DEFAULTS.get((s, d_pad)) or (_launch(s, d_pad, False), _launch(s, d_pad, True))
+    return _Plan(g, s, h, d, s16, d_pad, _pieces(0, s16), float(sm_scale), int(groups_per_block),
+                 fwd, bwd, bool(interpret))
 
 
 def _params(launch: _Launch):
@@ -149,12 +172,11 @@ def _dot(a, b, contract_a=1, contract_b=0):
 
 # ----------------------------------------------------------------------------- memory access
 
-def _rows_mask(p: _Plan, r0, rows: int, cols: bool):
-    """Mask of a [rows, D_pad] tile starting at row r0 (or of [rows] when cols is False), or
-    None when every access is inside the array. Only tiles that may pass the end of the group
-    (the whole-group k/v tile, or query tiles when bq does not divide S) pay for the row mask."""
+def _rows_mask(p: _Plan, r0: int, rows: int, cols: bool):
+    """Mask of a [rows, D_pad] tile at static row r0 (or of [rows] when cols is False), or None
+    when every access is inside the array. Full query tiles (traced r0) never pass S."""
     mask = None
-    if rows > p.group_size or p.group_size % rows:
+    if isinstance(r0, int) and r0 + rows > p.group_size:
         mask = (r0 + jnp.arange(rows)) < p.group_size
         if cols:
             mask = mask[:, None]
@@ -186,11 +208,13 @@ def _lse_view(ref, p: _Plan, g, h, r0, rows: int):
     return ref.at[g, h, pl.ds(r0, rows)], _rows_mask(p, r0, rows, False)
 
 
-def _logits(p: _Plan, q, k):
-    """[bq, S_pad] base-2 logits: (q . k) * sm_scale * log2(e), -inf on padded keys."""
+def _logits(p: _Plan, q, k, piece):
+    """[bq, size] base-2 logits of one key piece: (q . k) * sm_scale * log2(e); -inf on keys
+    past the group (only the last piece can have them)."""
     s = _dot(q, k, 1, 1) * (p.sm_scale * _LOG2E)
-    if p.s_pad > p.group_size:
-        s = jnp.where((jnp.arange(p.s_pad) < p.group_size)[None, :], s, -jnp.inf)
+    start, size = piece
+    if start + size > p.group_size:
+        s = jnp.where((start + jnp.arange(size) < p.group_size)[None, :], s, -jnp.inf)
     return s
 
 
@@ -206,69 +230,77 @@ def _for_each_pair(p: _Plan, body):
 
 
 def _for_each_tile(p: _Plan, bq: int, body, carry):
-    """carry = body(r0, carry) for the query tiles [r0, r0 + bq) that hold real rows (144 rows
-    in tiles of 32: 5 tiles, not the 8 of S_pad). A loop rather than unrolled tiles: smaller
-    programs for Triton (and for interpret mode)."""
-    n = -(-p.group_size // bq)
-    if n == 1:
-        return body(0, carry)
-    return lax.fori_loop(0, n, lambda i, c: body(pl.multiple_of(i * bq, bq), c), carry)
+    """carry = body(r0, rows, carry) over the query rows: S // bq full tiles of bq (a loop, r0
+    traced), then the remainder in power-of-two pieces (static r0; only the last may pass S)."""
+    n_full = p.group_size // bq
+    if n_full == 1:
+        carry = body(0, bq, carry)
+    elif n_full > 1:
+        carry = lax.fori_loop(0, n_full,
+                              lambda i, c: body(pl.multiple_of(i * bq, bq), bq, c), carry)
+    for r0, rows in _pieces(n_full * bq, _round16(p.group_size - n_full * bq)):
+        carry = body(r0, rows, carry)
+    return carry
 
 
 # ----------------------------------------------------------------------------- kernels
 
 def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, p: _Plan):
-    bq = p.fwd.bq
-
     def pair(g, h):
-        k = _load(k_ref, p, g, h, 0, p.s_pad)
-        v = _load(v_ref, p, g, h, 0, p.s_pad)
+        ks = [_load(k_ref, p, g, h, start, size) for start, size in p.key_pieces]
+        vs = [_load(v_ref, p, g, h, start, size) for start, size in p.key_pieces]
 
-        def tile(r0, carry):
-            s = _logits(p, _load(q_ref, p, g, h, r0, bq), k)
-            m = jnp.max(s, axis=1)                 # finite: every row has a real key
-            e = jnp.exp2(s - m[:, None])
-            l = jnp.sum(e, axis=1)
-            o = _dot(e.astype(v.dtype), v) / l[:, None]
-            _store(o_ref, p, g, h, r0, o)
-            view, mask = _lse_view(lse_ref, p, g, h, r0, bq)
+        def tile(r0, rows, carry):
+            q = _load(q_ref, p, g, h, r0, rows)
+            ss = [_logits(p, q, k, piece) for k, piece in zip(ks, p.key_pieces)]
+            m = functools.reduce(jnp.maximum, [jnp.max(s, axis=1) for s in ss])  # finite
+            es = [jnp.exp2(s - m[:, None]) for s in ss]
+            l = sum(jnp.sum(e, axis=1) for e in es)
+            acc = sum(_dot(e.astype(v.dtype), v) for e, v in zip(es, vs))
+            _store(o_ref, p, g, h, r0, acc / l[:, None])
+            view, mask = _lse_view(lse_ref, p, g, h, r0, rows)
             lse = m + jnp.log2(l)
             if mask is None:
                 view[...] = lse
             else:
                 plgpu.store(view, lse, mask=mask)
             return carry
-        _for_each_tile(p, bq, tile, 0)
+        _for_each_tile(p, p.fwd.bq, tile, 0)
 
     _for_each_pair(p, pair)
 
 
 def _bwd_kernel(q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, dq_ref, dk_ref, dv_ref, *, p: _Plan):
-    bq = p.bwd.bq
-
     def pair(g, h):
-        k = _load(k_ref, p, g, h, 0, p.s_pad)
-        v = _load(v_ref, p, g, h, 0, p.s_pad)
+        ks = [_load(k_ref, p, g, h, start, size) for start, size in p.key_pieces]
+        vs = [_load(v_ref, p, g, h, start, size) for start, size in p.key_pieces]
 
-        def tile(r0, carry):
-            dk, dv = carry
-            q = _load(q_ref, p, g, h, r0, bq)
-            do = _load(do_ref, p, g, h, r0, bq)
-            o = _load(o_ref, p, g, h, r0, bq)
-            view, mask = _lse_view(lse_ref, p, g, h, r0, bq)
-            # Padded query rows: lse = +inf makes their p exactly 0 (no contribution to dk, dv).
+        def tile(r0, rows, carry):
+            dks, dvs = carry
+            q = _load(q_ref, p, g, h, r0, rows)
+            do = _load(do_ref, p, g, h, r0, rows)
+            o = _load(o_ref, p, g, h, r0, rows)
+            view, mask = _lse_view(lse_ref, p, g, h, r0, rows)
+            # Rows past S: lse = +inf makes their p exactly 0 (no contribution to dk, dv).
             lse = view[...] if mask is None else plgpu.load(view, mask=mask, other=jnp.inf)
-            prob = jnp.exp2(_logits(p, q, k) - lse[:, None])                  # [bq, S_pad]
             delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=1)
-            dv = dv + _dot(prob.astype(do.dtype), do, 0, 0)                   # p^T dO
-            ds = prob * (_dot(do, v, 1, 1) - delta[:, None])                 # dS (natural units)
-            ds = ds.astype(q.dtype)
-            _store(dq_ref, p, g, h, r0, _dot(ds, k) * p.sm_scale)
-            return dk + _dot(ds, q, 0, 0), dv                                 # dS^T q
-        zeros = jnp.zeros((p.s_pad, p.d_pad), jnp.float32)
-        dk, dv = _for_each_tile(p, bq, tile, (zeros, zeros))
-        _store(dk_ref, p, g, h, 0, dk * p.sm_scale)
-        _store(dv_ref, p, g, h, 0, dv)
+            dq, new_dks, new_dvs = None, [], []
+            for k, v, dk, dv, piece in zip(ks, vs, dks, dvs, p.key_pieces):
+                prob = jnp.exp2(_logits(p, q, k, piece) - lse[:, None])       # [rows, size]
+                new_dvs.append(dv + _dot(prob.astype(do.dtype), do, 0, 0))    # p^T dO
+                ds = prob * (_dot(do, v, 1, 1) - delta[:, None])             # dS, natural units
+                ds = ds.astype(q.dtype)
+                new_dks.append(dk + _dot(ds, q, 0, 0))                        # dS^T q
+                dq_piece = _dot(ds, k)                                        # dS k
+                dq = dq_piece if dq is None else dq + dq_piece
+            _store(dq_ref, p, g, h, r0, dq * p.sm_scale)
+            return tuple(new_dks), tuple(new_dvs)
+
+        zeros = tuple(jnp.zeros((size, p.d_pad), jnp.float32) for _, size in p.key_pieces)
+        dks, dvs = _for_each_tile(p, p.bwd.bq, tile, (zeros, zeros))
+        for (start, _), dk, dv in zip(p.key_pieces, dks, dvs):
+            _store(dk_ref, p, g, h, start, dk * p.sm_scale)
+            _store(dv_ref, p, g, h, start, dv)
 
     _for_each_pair(p, pair)
 
@@ -276,14 +308,14 @@ def _bwd_kernel(q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, dq_ref, dk_ref, dv_
 # ----------------------------------------------------------------------------- calls
 
 def _whole(p: _Plan):
-    """The whole [G, S, H, D] array as one block, padded to [G, S_pad, H, D_pad] (a block may
+    """The whole [G, S, H, D] array as one block, padded to [G, S16, H, D_pad] (a block may
     exceed the array; the kernels mask every access past S and D). Kernels index groups and
     heads themselves."""
-    return pl.BlockSpec((p.num_groups, p.s_pad, p.heads, p.d_pad), lambda i: (0, 0, 0, 0))
+    return pl.BlockSpec((p.num_groups, p.s16, p.heads, p.d_pad), lambda i: (0, 0, 0, 0))
 
 
 def _whole_lse(p: _Plan):
-    return pl.BlockSpec((p.num_groups, p.heads, p.s_pad), lambda i: (0, 0, 0))
+    return pl.BlockSpec((p.num_groups, p.heads, p.s16), lambda i: (0, 0, 0))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -332,7 +364,7 @@ def attention(q, k, v, *, sm_scale: float, groups_per_block: Optional[int] = Non
 
     Raises NotImplementedError for inputs the kernel does not take (dispatch then falls through
     to xla): dtypes other than float32/bfloat16/float16, mixed dtypes, groups too large for
-    registers (S_pad * D_pad > 32768, e.g. group_size > 512 at head_dim 64). Raises RuntimeError
+    registers (S16 * D_pad > 32768, e.g. group_size > 512 at head_dim 64). Raises RuntimeError
     when asked to compile for a GPU that is not there.
     """
     if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:

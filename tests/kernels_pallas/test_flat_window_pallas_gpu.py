@@ -68,10 +68,12 @@ INTERPRET_CASES = [
     ((5, 32, 2, 64), jnp.float32, 2),
     # 2 programs, the last with 1 group; 64 rows in 1 tile; 3 heads (odd); bf16.
     ((3, 64, 3, 16), jnp.bfloat16, 2),
-    # 144: keys padded to 256 (-inf logits), 5 query tiles of 32, the last 16 rows real; head_dim
+    # 144: key pieces 128 + 16; query rows 2 x 64 + 16 forward, 4 x 32 + 16 backward; head_dim
     # 24 padded to 32 (masked columns); 3 programs of 1 group.
     ((3, 144, 2, 24), jnp.float32, 1),
-    # 256: 8 query tiles per group; the backward accumulates dk, dv over them; bf16.
+    # 40 (not a multiple of 16): key and row pieces 32 + 16, the last one masked past 40.
+    ((3, 40, 2, 16), jnp.float32, 2),
+    # 256: 4 forward / 8 backward query tiles; the backward accumulates dk, dv over them; bf16.
     ((2, 256, 1, 16), jnp.bfloat16, 1),
 ]
 
@@ -100,14 +102,22 @@ def test_lowers_to_triton_for_cuda(shape, dtype):
     assert [t.count("xla.gpu.triton") for t in texts] == [1, 1]
 
 
-def test_defaults():
-    """The launch table follows its rule: power-of-two tiles of >= 16 rows whose [bq, S_pad]
-    score tile stays within 8192 f32; groups_per_block gives ~256 rows a head and >= 1024
-    programs when there are enough groups."""
-    for (s_pad, d_pad), launches in pallas_gpu.DEFAULTS.items():
-        for launch in launches:
+def test_tiling_rules():
+    """Keys and query rows are cut into power-of-two pieces covering S rounded up to 16 (no
+    padding to the next power of two); full query tiles keep the [bq, S16] f32 score tile within
+    16384 elements forward and 8192 backward; groups_per_block gives ~256 rows a head and
+    >= 1024 programs when there are enough groups."""
+    assert pallas_gpu._pieces(0, 144) == ((0, 128), (128, 16))
+    assert pallas_gpu._pieces(0, 208) == ((0, 128), (128, 64), (192, 16))
+    assert pallas_gpu._pieces(128, 16) == ((128, 16),)
+    for (s, d_pad), (fwd, bwd) in pallas_gpu.DEFAULTS.items():
+        s16 = -(-s // 16) * 16
+        for launch, budget in ((fwd, 16384), (bwd, 8192)):
             assert launch.bq >= 16 and launch.bq & (launch.bq - 1) == 0
-            assert launch.bq <= s_pad and launch.bq * s_pad <= 8192 or launch.bq == 16
+            assert launch.bq * s16 <= budget or launch.bq == 16
+            assert 2 * launch.bq * s16 > budget or launch.bq >= s  # the largest that fits
+    assert pallas_gpu.DEFAULTS[(128, 16)][0].bq == 128  # the anchor's group: one forward tile
+    assert pallas_gpu.DEFAULTS[(144, 16)][0].bq == 64   # 2 x 64 + a piece of 16
     assert pallas_gpu.default_groups_per_block(2048, 128) == 2   # the anchor: 1024 programs
     assert pallas_gpu.default_groups_per_block(4096, 64) == 4
     assert pallas_gpu.default_groups_per_block(1821, 144) == 1
