@@ -90,6 +90,16 @@ def test_validation_windows_read_the_last_train_days(load):
     assert ds.info["first_target"] == {"train": INPUT_LEN, "validation": 0, "test": 0}
 
 
+def test_naive_last_value_errors(load):
+    from fintrans.data.builders.series import naive_last_value_errors
+
+    src = load("seattle_weather").source("validation")
+    batch = src.take(np.arange(len(src)))
+    err = batch["targets"] - np.repeat(batch["inputs"][:, -1:], HORIZON, axis=1)  # repeat the last input day
+    got = naive_last_value_errors(src)
+    np.testing.assert_allclose([got["mse"], got["mae"]], [np.mean(err ** 2), np.mean(np.abs(err))], rtol=1e-6)
+
+
 def test_stocks_table_matches_the_wheels():
     from bokeh_sampledata import stocks as bokeh_stocks  # its dicts need no pandas
 

@@ -18,7 +18,7 @@ from fintrans.data.sources import WindowSource
 from fintrans.data.spec import Loaded
 
 SPLITS = ("train", "validation", "test")
-__all__ = ["SPLITS", "split_bounds", "train_stats", "read_windows"]
+__all__ = ["SPLITS", "naive_last_value_errors", "read_windows", "split_bounds", "train_stats"]
 
 
 def train_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,3 +86,14 @@ def read_windows(name: str, records: Mapping[str, list[dict[str, Any]]], *, inpu
         "dates": dates, "first_target": first_target, **(extra_info or {}),
     }
     return Loaded(sources=sources, info=info)
+
+
+def naive_last_value_errors(source) -> dict[str, float]:
+    """MSE and MAE of the naive forecast (every horizon step = the window's last input step) over a split's
+    windows, in the normalised units the models are scored in: the floor every forecaster is compared to."""
+    sq = ab = count = 0.0
+    for start in range(0, len(source), 4096):
+        batch = source.take(np.arange(start, min(start + 4096, len(source))))
+        err = batch["targets"].astype(np.float64) - batch["inputs"][:, -1:].astype(np.float64)
+        sq, ab, count = sq + np.square(err).sum(), ab + np.abs(err).sum(), count + err.size
+    return {"mse": sq / count, "mae": ab / count}
