@@ -19,6 +19,10 @@ What τ is (`time2vec_input`):
 - 'time': Kazemi et al.'s original Time2Vec of the step index, τ = t / input_len, with ω, φ per
   (channel, component): a learned multi-frequency time encoding for every feature.
 
+`subtract_last` (default False; not in the paper): NLinear's normalisation, the model sees x - x[last step]
+per channel and adds x[last step] back to its forecast, so it predicts changes from the last price rather
+than price levels that drift outside the training range.
+
 Heads (`head`): 'pool' (default; the paper's "pooling -> price regression"): mean over steps ->
 dropout -> Dense(head_hidden, relu) -> dropout -> Dense(horizon·C). 'flatten': one linear map from
 the flattened encoder output, as transformer_forecaster's default head.
@@ -67,6 +71,7 @@ class Time2VecEncoderConfig(ModelConfig):
     dropout_rate: float = 0.1
     head: str = "pool"
     head_hidden: int = 64
+    subtract_last: bool = False
 
     def validate(self):
         for name in ("input_len", "horizon", "num_channels", "time2vec_dim", "num_layers", "num_heads", "head_dim",
@@ -78,6 +83,7 @@ class Time2VecEncoderConfig(ModelConfig):
         check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         check_choice("head", self.head, HEADS)
         check_rate("dropout_rate", self.dropout_rate)
+        check_choice("subtract_last", self.subtract_last, (False, True))
         if not isinstance(self.norm_epsilon, (int, float)) or self.norm_epsilon <= 0:
             raise ConfigError(f"norm_epsilon={self.norm_epsilon!r} must be a positive float")
 
@@ -126,6 +132,9 @@ class Time2VecEncoder(nn.Module):
         dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
         deterministic = not train
         x = series.astype(dtype)
+        last = x[:, -1:] if cfg.subtract_last else None
+        if last is not None:
+            x = x - last
         t2v = MultiFeatureTime2Vec(cfg.input_len, cfg.num_channels, cfg.time2vec_dim, cfg.time2vec_input,
                                    dtype=dtype, param_dtype=pdtype, name="time2vec")(x)
         h = jnp.concatenate([x, t2v.reshape(x.shape[:2] + (-1,))], axis=-1)  # [B, L, C·(1+k)]
@@ -151,6 +160,8 @@ class Time2VecEncoder(nn.Module):
             hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
             y = Dense((cfg.horizon, cfg.num_channels), (axes.MLP,), (axes.HORIZON, axes.CHANNELS), dtype=dtype,
                       param_dtype=pdtype, name="head")(hidden)
+        if last is not None:
+            y = y + last
         y = nn.with_logical_constraint(y, (axes.ACT_BATCH, axes.ACT_LENGTH, None))
         return y.astype(jnp.float32)
 

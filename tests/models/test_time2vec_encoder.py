@@ -75,10 +75,11 @@ def test_time2vec_is_the_only_positional_information():
                            atol=1e-4)
 
 
-def test_time_input_flatten_head_and_projection():
+def test_time_input_flatten_head_projection_and_subtract_last():
     """time2vec_input='time': τ = t / input_len per channel (Kazemi's Time2Vec of the step index), so order
-    matters even without per-step parameters; with the flatten head and an input projection."""
-    cfg = config_of(NAME, time2vec_input="time", head="flatten", embed_dim=16)
+    matters even without per-step parameters; with the flatten head, an input projection, and
+    subtract_last: adding a constant to a channel's window adds it to that channel's forecast."""
+    cfg = config_of(NAME, time2vec_input="time", head="flatten", embed_dim=16, subtract_last=True)
     model = t2v.Time2VecEncoder(cfg)
     x = np.asarray(built(NAME).batch["inputs"])
     params = nn.unbox(jit(model.init)(jax.random.PRNGKey(0), {"inputs": x}))
@@ -94,3 +95,5 @@ def test_time_input_flatten_head_and_projection():
     forecast = apply(params, {"inputs": x})
     chex.assert_shape(forecast, (BATCH, cfg.horizon, cfg.num_channels))
     assert not np.allclose(apply(params, {"inputs": x[:, perm]}), forecast, atol=1e-4)
+    shift = np.array([3.0, -1.5], np.float32)
+    chex.assert_trees_all_close(apply(params, {"inputs": x + shift}), forecast + shift, atol=1e-4)
