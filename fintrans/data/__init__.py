@@ -11,6 +11,13 @@ Datasets (fd.names()) and their config fields besides `name`, `data_dir` (defaul
   digits           -                  {'inputs': float32[B, 8, 8, 1] in [0, 1], 'label': int32[B]}
   sp500            input_len, horizon {'inputs': float32[B, input_len, 6], 'targets': float32[B, horizon, 6]}
   finai_sentences  max_len            {'inputs': int32[B, max_len] ([CLS] first), 'mask': bool[B, max_len], 'label'}
+  stocks           input_len, horizon, target, min_corr_pct
+                                      {'inputs': float32[B, input_len, C], 'targets': float32[B, horizon, C]}; C of
+                                      AAPL/GOOG/IBM/MSFT/sp500/nasdaq kept by train-split correlation with target
+  seattle_weather  input_len, horizon {'inputs': float32[B, input_len, 4], 'targets': float32[B, horizon, 4]}
+  basic_motions    -                  {'inputs': float32[B, 100, 6], 'mask': bool[B, 100], 'label': int32[B] (4)}
+  japanese_vowels  -                  {'inputs': float32[B, 29, 12] zero-padded, 'mask': bool[B, 29], 'label' (9)}
+Forecasting series are standardised with their train split's mean/std (info['mean'], info['std']).
 Evaluation batches (num_epochs=1) also carry 'valid': bool[B] (False on padding rows).
 
 The iterator is grain's DatasetIterator: `it.get_state()` / `it.set_state(state)`; with orbax
