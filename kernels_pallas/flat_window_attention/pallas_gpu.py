@@ -146,7 +146,8 @@ def _plan(q, sm_scale, groups_per_block, interpret) -> _Plan:
             f"pallas_gpu keeps a group's k and v in registers: group_size {s} x head_dim {d} "
             f"(padded {s16} x {d_pad}) exceeds {_MAX_KV_ELEMS} elements")
     if q.size >= 2 ** 31:
-        raise NotImplementedError("pallas_gpu indexes with int32: inputs must have < 2**31 elements")
+        raise NotImplementedError("pallas_gpu indexes with int32: inputs must have fewer than "
+                                  "2**31 elements")
     if groups_per_block is None:
         groups_per_block = default_groups_per_block(g, s)
     if int(groups_per_block) < 1:
@@ -245,7 +246,7 @@ def _for_each_tile(p: _Plan, bq: int, body, carry):
 
 # ----------------------------------------------------------------------------- kernels
 
-def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, p: _Plan):
+def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref=None, *, p: _Plan):
     def pair(g, h):
         ks = [_load(k_ref, p, g, h, start, size) for start, size in p.key_pieces]
         vs = [_load(v_ref, p, g, h, start, size) for start, size in p.key_pieces]
@@ -258,6 +259,8 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, p: _Plan):
             l = sum(jnp.sum(e, axis=1) for e in es)
             acc = sum(_dot(e.astype(v.dtype), v) for e, v in zip(es, vs))
             _store(o_ref, p, g, h, r0, acc / l[:, None])
+            if lse_ref is None:  # not differentiated: no residual to write
+                return carry
             view, mask = _lse_view(lse_ref, p, g, h, r0, rows)
             lse = m + jnp.log2(l)
             if mask is None:
@@ -318,15 +321,16 @@ def _whole_lse(p: _Plan):
     return pl.BlockSpec((p.num_groups, p.heads, p.s16), lambda i: (0, 0, 0))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(p: _Plan, q, k, v):
-    """out [G, S, H, D] and lse [G, H, S] (float32, base 2)."""
-    lse_shape = (p.num_groups, p.heads, p.group_size)
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _forward(p: _Plan, q, k, v, with_lse: bool = True):
+    """out [G, S, H, D] and, with_lse, lse [G, H, S] (float32, base 2)."""
+    out_specs, out_shape = [_whole(p)], [jax.ShapeDtypeStruct(q.shape, q.dtype)]
+    if with_lse:
+        out_specs.append(_whole_lse(p))
+        out_shape.append(jax.ShapeDtypeStruct((p.num_groups, p.heads, p.group_size), jnp.float32))
     return pl.pallas_call(
         functools.partial(_fwd_kernel, p=p), grid=(p.programs,),
-        in_specs=[_whole(p)] * 3, out_specs=[_whole(p), _whole_lse(p)],
-        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                   jax.ShapeDtypeStruct(lse_shape, jnp.float32)],
+        in_specs=[_whole(p)] * 3, out_specs=out_specs, out_shape=out_shape,
         compiler_params=_params(p.fwd), interpret=p.interpret, name="grouped_attention_fwd",
     )(q, k, v)
 
@@ -343,7 +347,7 @@ def _backward(p: _Plan, q, k, v, out, lse, do):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(p: _Plan, q, k, v):
-    return _forward(p, q, k, v)[0]
+    return _forward(p, q, k, v, False)[0]  # outside differentiation: no lse to write
 
 
 def _attention_fwd(p, q, k, v):

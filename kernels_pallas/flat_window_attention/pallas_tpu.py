@@ -155,7 +155,7 @@ def attention(q, k, v, *, sm_scale: float, groups_per_block: Optional[int] = Non
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _attention(q, k, v, cfg):
-    return _forward(q, k, v, cfg)[0]
+    return _forward(q, k, v, cfg, with_lse=False)[0]  # outside differentiation: no lse to write
 
 
 def _attention_fwd(q, k, v, cfg):
@@ -238,7 +238,7 @@ def _for_each_group(cfg: _Config, body):
 
 # ----------------------------------------------------------------------------- forward
 
-def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg: _Config):
+def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref=None, *, cfg: _Config):
     def group(i):
         for c, lanes in enumerate(_chunks(cfg)):
             q, k, v = q_ref[i, :, lanes], k_ref[i, :, lanes], v_ref[i, :, lanes]
@@ -252,23 +252,25 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg: _Config):
                 pt = e * (1.0 / l)
                 o = _dot(pt.astype(v.dtype), v, TN)                   # p @ v: [S, W]
                 out = o if mask is None else (jnp.where(mask, o, out) if j else o)
-                h = c * cfg.heads_per_chunk + j
-                lse_ref[i, h:h + 1, :] = m + jnp.log(l)
+                if lse_ref is not None:
+                    h = c * cfg.heads_per_chunk + j
+                    lse_ref[i, h:h + 1, :] = m + jnp.log(l)
             o_ref[i, :, lanes] = out.astype(o_ref.dtype)
     _for_each_group(cfg, group)
 
 
-def _forward(q, k, v, cfg: _Config):
-    """out [G, S, H, D] and logsumexp [G, H, S] (float32, natural log)."""
+def _forward(q, k, v, cfg: _Config, with_lse: bool = True):
+    """out [G, S, H, D] and, with_lse, logsumexp [G, H, S] (float32, natural log)."""
     g, s, h, d = q.shape
     flat = lambda x: x.reshape(g, s, h * d)
-    nbytes = 4 * q.size * q.dtype.itemsize + g * h * s * 4
-    out, lse = _call(functools.partial(_fwd_kernel, cfg=cfg), cfg, _specs(cfg, 3),
-                     _specs(cfg, 1) + [_lse_spec(cfg)],
-                     [jax.ShapeDtypeStruct((g, s, h * d), q.dtype),
-                      jax.ShapeDtypeStruct((g, h, s), jnp.float32)],
-                     _cost(cfg, 2, nbytes))(flat(q), flat(k), flat(v))
-    return out.reshape(q.shape), lse
+    out_specs, out_shape = _specs(cfg, 1), [jax.ShapeDtypeStruct((g, s, h * d), q.dtype)]
+    if with_lse:
+        out_specs.append(_lse_spec(cfg))
+        out_shape.append(jax.ShapeDtypeStruct((g, h, s), jnp.float32))
+    nbytes = 4 * q.size * q.dtype.itemsize + (g * h * s * 4 if with_lse else 0)
+    res = _call(functools.partial(_fwd_kernel, cfg=cfg), cfg, _specs(cfg, 3), out_specs,
+                out_shape, _cost(cfg, 2, nbytes))(flat(q), flat(k), flat(v))
+    return (res[0].reshape(q.shape),) + tuple(res[1:])
 
 
 # ----------------------------------------------------------------------------- backward

@@ -35,7 +35,8 @@ def _forward_and_grads(fn, q, k, v, do):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _oracle_f64(sm_scale, q, k, v, do):
-    return _forward_and_grads(functools.partial(reference.attention, sm_scale=sm_scale), q, k, v, do)
+    fn = functools.partial(reference.attention, sm_scale=sm_scale)
+    return _forward_and_grads(fn, q, k, v, do)
 
 
 # (num_groups, group_size, heads, head_dim), dtype, groups_per_block
@@ -60,6 +61,8 @@ def test_interpret_matches_oracle(shape, dtype, gpb):
     impl = functools.partial(grouped_attention, implementation="pallas_tpu", interpret=True,
                              groups_per_block=gpb)
     got = jax.jit(lambda *a: _forward_and_grads(impl, *a))(q, k, v, do)
+    if shape[1] == 144:  # outside differentiation: the forward kernel without the lse residual
+        np.testing.assert_array_equal(np.asarray(jax.jit(impl)(q, k, v)), np.asarray(got[0]))
     with jax.enable_x64(True):
         f64 = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
         want = [np.asarray(w) for w in _oracle_f64(shape[-1] ** -0.5, *map(f64, (q, k, v, do)))]
@@ -133,7 +136,8 @@ AOT_CASES = [
 
 
 @pytest.mark.parametrize("chip,s,h,d,dtype", AOT_CASES,
-                         ids=[f"{c}-S{s}-h{h}x{d}-{jnp.dtype(t).name}" for c, s, h, d, t in AOT_CASES])
+                         ids=[f"{c}-S{s}-h{h}x{d}-{jnp.dtype(t).name}"
+                              for c, s, h, d, t in AOT_CASES])
 def test_compiles_for_topology(topology, chip, s, h, d, dtype):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     devices = topology(chip)
