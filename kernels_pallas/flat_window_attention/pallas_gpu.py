@@ -1,7 +1,9 @@
 """Grouped attention (many small groups) as Pallas kernels with the Triton lowering (GPU).
 
-A group of S <= 512 tokens fits a program's registers whole, so there is no online softmax:
-each (group, head) computes its full softmax row by row in one go.
+A group's k and v (S rounded up to 16 times head_dim padded, up to 32768 elements: S <= 512 at
+head_dim 64, 2048 at 16) stay in a program's registers, so there is no online softmax: each
+(group, head) computes its full softmax row by row in one go. Sizes tuned for FlatFormer's
+groups of 32..256 with head_dim 16..64; larger groups are correct but spill registers.
 
 Programs. One program per block of `groups_per_block` groups, ALL heads: it loops over
 (group, head) pairs with the head innermost. Inputs are [G, S, H, D]; one head's [S, D] tile is

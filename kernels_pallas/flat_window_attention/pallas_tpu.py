@@ -1,13 +1,14 @@
 """Grouped attention (many small groups) as Pallas Mosaic TPU kernels: forward and one backward.
 
-Each group of S <= ~256 tokens is attended within itself; a group's scores [S, S] fit VMEM, so
-there is no online softmax: one grid step takes `groups_per_block` groups and loops over them,
+Each group of S <= MAX_GROUP_SIZE (512) tokens is attended within itself; a group's scores
+[S, S] fit VMEM, so there is no online softmax: one grid step takes `groups_per_block` groups and loops over them,
 computing each head's full softmax in one go.
 
-Layout. Inputs [G, S, H, D] are read through the free view [G, S, H*D] with blocks
-(groups_per_block, S, H*D): the last two block dims are whole array dims, legal for Mosaic at
-any S and H*D, and the DMA of a block is one contiguous run of HBM. head_dim 16 is far below a
-lane width (128), and Mosaic rejects blocks or lane slices of 16 lanes at arbitrary offsets, so
+Layout. Inputs [G, S, H, D] are read through the reshape [G, S, H*D] (a bitcast for row-major
+arrays; XLA lays out the kernel's operands so) with blocks (groups_per_block, S, H*D): the last
+two block dims are whole array dims, legal for Mosaic at any S and H*D, and the DMA of a block
+is one contiguous run of HBM. head_dim 16 is far below a lane width (128): a block of one head
+(16 lanes) is not (8, 128)-tileable, and slicing heads at 16-lane offsets would shift lanes, so
 heads are never sliced out. Instead the H*D lanes are cut into 128-lane chunks (aligned slices)
 and, inside a chunk, head j is selected by MASKING: q is zeroed outside head j's lanes before
 q·k^T (so the 128-deep contraction sums head j only), and the product p·v is kept only on head
