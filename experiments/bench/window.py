@@ -1,0 +1,440 @@
+"""Flattened-window attention benchmark (FlatFormer): grouped attention and a full layer against
+their anchors, on identical inputs in one run.
+
+    python -m experiments.bench.window                 # GPU or CPU mode from jax's backend
+    python -m experiments.bench.window --quick --time-budget 80
+    python -m experiments.bench.window --smoke --json /tmp/w.json     # seconds; for the tests
+
+1. Grouped attention, [num_groups, group_size, 8 heads, 16] (128 channels), num_groups =
+   ceil(tokens / group_size), group sizes 64 and 144; forward, and forward+backward (the vjp of a
+   fixed cotangent: dq, dk, dv). Ours: kernels_pallas.flat_window_attention.grouped_attention with
+   implementation None (the platform's choice), 'xla' and, on GPU, 'pallas_gpu'. Anchors:
+   jax.nn.dot_product_attention over the groups (batch = groups) with implementation 'xla' and,
+   on GPU, 'cudnn'. Every entry's output (or gradients) is compared with the anchor 'xla' entry on
+   the same inputs; a mismatch is flagged, never hidden. Each row gives ms, the HBM floor (bytes
+   of the arrays the function must read and write once: q, k, v, out for the forward; q, k, v, the
+   cotangent, dq, dk, dv for forward+backward, divided by the copy bandwidth measured in this
+   run) and the fraction of it reached (floor_ms / ms; 1.0 is the floor).
+2. A full layer on the same points: FlatFormer (sort by window, equal-size groups of 144, grouped
+   attention, scatter back) against an SST-style padded window layer (13x13 windows, every
+   non-empty window padded to the most points any window holds, key-padding-masked attention with
+   cuDNN on GPU when it accepts the shapes, else XLA). Both are written here from the same jnp
+   pieces (projections, 8-head attention, output projection, post-LN, GELU FFN of width 2C), so
+   only the partition differs. Points: batches of samples whose occupied pillars follow a
+   LiDAR-like density (falling with the distance from the sensor), unique per sample. The window
+   orders and group plans are built once per forward in FlatFormer (timed separately: "plans"),
+   the SST windows on the host (not timed). When fintrans.models.flatformer.FlatFormerLayer
+   imports, the model's own layer is timed on the same points too.
+
+GPU mode: 262,144 tokens (4 samples of 65,536 pillars on a 468x468 grid), bfloat16, 20 calls per
+batch, median of 3 batches (the anchors' convention). CPU mode: 16,384 tokens (2 samples of 8,192
+on a 200x200 grid), float32, fewer calls; about a minute on 2 cores. Results go to
+experiments/bench/results/window_<device>_<date>.json (rewritten after every entry, so a run cut
+short keeps its figures); a failing entry records its error and the run goes on. Targets (issue
+5): GPU, grouped attention within 2x of the floor and 2x faster than cuDNN over groups, the layer
+3x faster than the padded one; CPU, ours 'xla' within 1.5x of dense XLA over groups and never
+slower. They are recorded under "targets" with the figures they compare.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.bench.attention import RESULTS_DIR, error_text, slug, timed_batches
+from experiments.bench.decode import copy_bandwidth
+from kernels_pallas import flat_window_attention as fw
+
+# Per mode: tokens as samples x points on a grid, channels, heads, group sizes, the layer's
+# window and group, dtype, calls per timed batch.
+MODES = {
+    "gpu": dict(samples=4, points=65536, grid=(468, 468), channels=128, heads=8, group_sizes=(64, 144),
+                window=(13, 13), layer_group=144, dtype="bfloat16", reps=20, batches=3,
+                layer_passes=("fwd", "fwd_bwd")),
+    "cpu": dict(samples=2, points=8192, grid=(200, 200), channels=128, heads=8, group_sizes=(64, 144),
+                window=(13, 13), layer_group=144, dtype="float32", reps=2, batches=3,
+                layer_passes=("fwd", "fwd_bwd")),
+    "smoke": dict(samples=2, points=192, grid=(40, 40), channels=32, heads=2, group_sizes=(32,),
+                  window=(7, 7), layer_group=32, dtype="float32", reps=1, batches=1,
+                  layer_passes=("fwd",)),  # compiling dominates: one pass of the layers
+}
+# max|got - want| / max|want| against the anchor 'xla' entry (bf16: twice the kernel tests' bound)
+TOL = {"bfloat16": {"out": 4e-2, "grad": 8e-2}, "float32": {"out": 1e-4, "grad": 2e-4}}
+
+
+class Report:
+    def __init__(self, args, mode, cfg):
+        import jaxlib
+        dev = jax.devices()[0]
+        self.doc = dict(
+            benchmark="window", mode=mode, platform=jax.default_backend(), device_kind=str(dev.device_kind),
+            jax_version=jax.__version__, jaxlib_version=getattr(jaxlib, "__version__", None),
+            date=datetime.date.today().isoformat(), started=datetime.datetime.now().isoformat(timespec="seconds"),
+            host=socket.gethostname(), cpu_count=os.cpu_count(), loadavg_at_start=list(os.getloadavg()),
+            argv=sys.argv[1:], config={k: v for k, v in cfg.items()},
+            floor_convention=("bytes each array read or written once / copy bandwidth: forward q,k,v,out; "
+                              "forward+backward q,k,v,cotangent,dq,dk,dv; fraction_of_floor = floor_ms / ms"),
+            rows=[], targets=[])
+        name = f"window_{slug(self.doc['device_kind'])}_{self.doc['date']}.json"
+        self.path = Path(args.json) if args.json else RESULTS_DIR / name
+        self.t0 = time.time()
+        self.budget = args.time_budget
+
+    def over_budget(self):
+        return self.budget is not None and time.time() - self.t0 > self.budget
+
+    def save(self):
+        self.doc["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+        self.doc["wall_s"] = round(time.time() - self.t0, 1)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.doc, indent=1, default=str) + "\n")
+        os.replace(tmp, self.path)
+
+    def add(self, row):
+        self.doc["rows"].append(row)
+        self.save()
+        print(json.dumps(row), flush=True)
+
+
+def rel_err(got, want):
+    got = [np.asarray(jnp.asarray(g).astype(jnp.float32), np.float64) for g in got]
+    want = [np.asarray(jnp.asarray(w).astype(jnp.float32), np.float64) for w in want]
+    return max(float(np.max(np.abs(g - w))) / max(float(np.max(np.abs(w))), 1e-30) for g, w in zip(got, want))
+
+
+def measure(report, row, fn, args, cfg, reference=None, tol=None):
+    """Times jit(fn)(*args) into `row` (and checks it against `reference`); returns the output."""
+    if report.over_budget():
+        row["error"] = "skipped: time budget"
+        report.add(row)
+        return None
+    out = None
+    try:
+        f = jax.jit(fn)
+        t = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        row["compile_and_first_call_s"] = round(time.perf_counter() - t, 3)
+        seconds, batches, out = timed_batches(f, args, reps=cfg["reps"], batches=cfg["batches"], warmup=1)
+        row["ms"] = 1e3 * seconds
+        row["ms_batches"] = [1e3 * b for b in batches]
+        if reference is not None:
+            err = rel_err(out if isinstance(out, (tuple, list)) else (out,),
+                          reference if isinstance(reference, (tuple, list)) else (reference,))
+            row["max_rel_diff_vs_anchor_xla"] = err
+            row["numerics_ok"] = bool(err <= tol)
+    except Exception as e:  # one failing entry never stops the run
+        row["error"] = error_text(e)
+    report.add(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. grouped attention
+# ---------------------------------------------------------------------------------------------
+def attention_fns(platform):
+    """name -> f(q, k, v) on [groups, group_size, heads, head_dim]; anchors first."""
+    fns = {"anchor_xla": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")}
+    if platform == "gpu":
+        fns["anchor_cudnn"] = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    fns["ours_none"] = lambda q, k, v: fw.grouped_attention(q, k, v)
+    fns["ours_xla"] = lambda q, k, v: fw.grouped_attention(q, k, v, implementation="xla")
+    if platform == "gpu":
+        fns["ours_pallas_gpu"] = lambda q, k, v: fw.grouped_attention(q, k, v, implementation="pallas_gpu")
+    return fns
+
+
+def run_attention(report, cfg, platform, peak):
+    tokens = cfg["samples"] * cfg["points"]
+    h, d = cfg["heads"], cfg["channels"] // cfg["heads"]
+    dtype = jnp.dtype(cfg["dtype"])
+    for gs in cfg["group_sizes"]:
+        g = -(-tokens // gs)
+        keys = jax.random.split(jax.random.key(gs), 4)
+        q, k, v, ct = (jax.random.normal(kk, (g, gs, h, d), jnp.float32).astype(dtype) for kk in keys)
+        array_bytes = g * gs * h * d * dtype.itemsize
+        for pass_, arrays in (("fwd", 4), ("fwd_bwd", 7)):
+            floor_ms = 1e3 * arrays * array_bytes / (peak * 1e9)
+            want = None
+            for name, attn in attention_fns(platform).items():
+                if pass_ == "fwd":
+                    fn, args = attn, (q, k, v)
+                else:
+                    fn = lambda q, k, v, ct, attn=attn: jax.vjp(attn, q, k, v)[1](ct)
+                    args = (q, k, v, ct)
+                row = dict(kind="attention", impl=name, pass_=pass_, tokens=tokens, group_size=gs, num_groups=g,
+                           heads=h, head_dim=d, dtype=dtype.name, floor_bytes=arrays * array_bytes, floor_ms=floor_ms)
+                tol = TOL[dtype.name]["out" if pass_ == "fwd" else "grad"]
+                out = measure(report, row, fn, args, cfg, reference=want, tol=tol)
+                if name == "anchor_xla":
+                    want = out
+                if "ms" in row:
+                    row["fraction_of_floor"] = floor_ms / row["ms"]
+                    report.save()
+                del out
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. the full layer: FlatFormer vs SST-style padded windows
+# ---------------------------------------------------------------------------------------------
+def make_points(cfg, seed=0):
+    """coords int32 [N, 2], sample_ids int32 [N]: `points` unique pillars per sample, drawn with
+    density ~ 1 / (distance from the grid centre + 8 cells) (near pillars are dense, far ones
+    sparse, as in a LiDAR sweep)."""
+    nx, ny = cfg["grid"]
+    rng = np.random.default_rng(seed)
+    xs, ys = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    r = np.hypot(xs - nx / 2, ys - ny / 2).ravel()
+    w = 1.0 / (r + 8.0)
+    w /= w.sum()
+    coords, sids = [], []
+    for s in range(cfg["samples"]):
+        cells = rng.choice(nx * ny, size=cfg["points"], replace=False, p=w)
+        coords.append(np.stack([cells // ny, cells % ny], 1))
+        sids.append(np.full(cfg["points"], s))
+    return np.concatenate(coords).astype(np.int32), np.concatenate(sids).astype(np.int32)
+
+
+def padded_windows(coords, sids, window):
+    """SST-style partition on the host: (gather [W * M] token slots, lengths [W], position [N]
+    of each token in the padded [W * M] layout, M)."""
+    wx, wy = window
+    key = np.stack([sids, coords[:, 0] // wx, coords[:, 1] // wy], 1)
+    _, win, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    win = win.ravel()
+    m = int(counts.max())
+    order = np.argsort(win, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size) - starts[win[order]]
+    pos = win * m + rank
+    gather = np.zeros(counts.size * m, np.int32)  # padding slots read token 0; they are masked
+    gather[pos] = np.arange(order.size)
+    return gather, counts.astype(np.int32), pos.astype(np.int32), m
+
+
+def init_layer(key, c, dtype):
+    ks = jax.random.split(key, 6)
+    dense = lambda k, i, o: (jax.random.normal(k, (i, o), jnp.float32) / math.sqrt(i)).astype(dtype)
+    return dict(wq=dense(ks[0], c, c), wk=dense(ks[1], c, c), wv=dense(ks[2], c, c), wo=dense(ks[3], c, c),
+                w1=dense(ks[4], c, 2 * c), w2=dense(ks[5], 2 * c, c),
+                ln1=jnp.ones((c,), dtype), ln2=jnp.ones((c,), dtype))
+
+
+def layer_norm(x, scale):
+    x32 = x.astype(jnp.float32)
+    mu = jnp.mean(x32, -1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mu), -1, keepdims=True)
+    return ((x32 - mu) * jax.lax.rsqrt(var + 1e-5)).astype(x.dtype) * scale
+
+
+def layer(params, x, pe, heads, attend):
+    """Post-LN transformer layer on tokens [N, C]; attend(q, k, v) maps [N, H, D] -> [N, H, D]."""
+    n, c = x.shape
+    split = lambda t: t.reshape(n, heads, c // heads)
+    qk_in = x + pe
+    a = attend(split(qk_in @ params["wq"]), split(qk_in @ params["wk"]), split(x @ params["wv"]))
+    x = layer_norm(x + a.reshape(n, c) @ params["wo"], params["ln1"])
+    return layer_norm(x + jax.nn.gelu(x @ params["w1"]) @ params["w2"], params["ln2"])
+
+
+def flat_attend(plan):
+    def attend(q, k, v):
+        out = fw.grouped_attention(*(fw.group_tokens(t, plan) for t in (q, k, v)))
+        return fw.ungroup_tokens(out, plan)
+    return attend
+
+
+def padded_attend(gather, lengths, pos, m, implementation):
+    def attend(q, k, v):
+        w = lengths.shape[0]
+        q, k, v = (jnp.take(t, gather, axis=0).reshape((w, m) + t.shape[1:]) for t in (q, k, v))
+        out = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+                                           implementation=implementation)
+        return jnp.take(out.reshape((w * m,) + out.shape[2:]), pos, axis=0)
+    return attend
+
+
+def run_layers(report, cfg, platform):
+    dtype = jnp.dtype(cfg["dtype"])
+    c, heads, gs = cfg["channels"], cfg["heads"], cfg["layer_group"]
+    coords_np, sids_np = make_points(cfg)
+    n = coords_np.shape[0]
+    coords, sids = jnp.asarray(coords_np), jnp.asarray(sids_np)
+    keys = jax.random.split(jax.random.key(7), 4)
+    x = jax.random.normal(keys[0], (n, c), jnp.float32).astype(dtype)
+    pe = (0.1 * jax.random.normal(keys[1], (n, c), jnp.float32)).astype(dtype)
+    ct = jax.random.normal(keys[2], (n, c), jnp.float32).astype(dtype)
+    params = init_layer(keys[3], c, dtype)
+    base = dict(tokens=n, samples=cfg["samples"], grid=list(cfg["grid"]), window=list(cfg["window"]),
+                channels=c, heads=heads, dtype=dtype.name)
+
+    def plans(coords, sids):
+        out = []
+        for axis in ("x", "y"):
+            for shift in (False, True):
+                order = fw.window_order(coords, sids, grid_shape=cfg["grid"], window_shape=cfg["window"],
+                                        axis=axis, shift=shift)
+                out.append(fw.make_group_plan(order, sids, num_samples=cfg["samples"], group_size=gs))
+        return out
+
+    row = dict(kind="plans", impl="flatformer_4_orderings", pass_="fwd", group_size=gs, **base)
+    built = measure(report, row, plans, (coords, sids), cfg)
+    plan = (built if built is not None else jax.jit(plans)(coords, sids))[0]  # the 'x' ordering
+    gather, lengths, pos, m = padded_windows(coords_np, sids_np, cfg["window"])
+    occupancy = dict(windows=int(lengths.size), max_points_per_window=m,
+                     mean_points_per_window=float(lengths.mean()), padded_tokens=int(lengths.size * m),
+                     grouped_tokens=plan.num_groups * gs)
+    report.doc["layer_partition"] = occupancy
+    print(json.dumps(occupancy), flush=True)
+    gather, lengths, pos = jnp.asarray(gather), jnp.asarray(lengths), jnp.asarray(pos)
+
+    sst_impl = "xla"
+    if platform == "gpu":  # cuDNN takes the padded windows' lengths when it accepts the shape
+        try:
+            attend = padded_attend(gather, lengths, pos, m, "cudnn")
+            jax.block_until_ready(jax.jit(lambda x: layer(params, x, pe, heads, attend))(x))
+            sst_impl = "cudnn"
+        except Exception as e:
+            report.doc["sst_cudnn_error"] = error_text(e)
+    variants = {
+        "flatformer": (dict(group_size=gs, num_groups=plan.num_groups, attention="grouped_attention(None)"),
+                       flat_attend(plan)),
+        "padded_windows": (dict(max_points_per_window=m, windows=int(lengths.shape[0]),
+                                attention=f"jax.nn.dot_product_attention({sst_impl}, seq lengths)"),
+                           padded_attend(gather, lengths, pos, m, sst_impl)),
+    }
+    for pass_ in cfg["layer_passes"]:
+        for name, (info, attend) in variants.items():
+            if pass_ == "fwd":
+                fn = lambda p, x, attend=attend: layer(p, x, pe, heads, attend)
+                args = (params, x)
+            else:
+                fn = lambda p, x, ct, attend=attend: jax.vjp(
+                    lambda p, x: layer(p, x, pe, heads, attend), p, x)[1](ct)
+                args = (params, x, ct)
+            measure(report, dict(kind="layer", impl=name, pass_=pass_, **base, **info), fn, args, cfg)
+    run_model_layer(report, cfg, base, plan, x, pe)
+
+
+def run_model_layer(report, cfg, base, plan, x, pe):
+    """fintrans.models.flatformer.FlatFormerLayer (the model's own layer) on the same points, in
+    the 'x' ordering (the plan its group_plans builds for it)."""
+    row = dict(kind="layer", impl="flatformer_model_layer", pass_="fwd", **base)
+    try:
+        from fintrans.models import flatformer as model
+        import flax.linen as nn
+        b, n = cfg["samples"], cfg["points"]
+        mcfg = model.FlatFormerConfig(grid_shape=tuple(cfg["grid"]), window_shape=tuple(cfg["window"]),
+                                      group_size=cfg["layer_group"], embed_dim=cfg["channels"],
+                                      num_heads=cfg["heads"], mlp_dim=2 * cfg["channels"], dtype=cfg["dtype"],
+                                      param_dtype=cfg["dtype"])
+        mod = model.FlatFormerLayer(mcfg)
+        xb, peb = x.reshape(b, n, -1), pe.reshape(b, n, -1)
+        params = nn.unbox(mod.init(jax.random.key(0), xb, peb, plan, deterministic=True))
+    except Exception as e:
+        row["error"] = error_text(e)
+        report.add(row)
+        return
+    measure(report, row, lambda p, xb, plan: mod.apply(p, xb, peb, plan, deterministic=True),
+            (params, xb, plan), cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# targets and table
+# ---------------------------------------------------------------------------------------------
+def find(rows, **kw):
+    return next((r for r in rows if all(r.get(k) == v for k, v in kw.items()) and "ms" in r), None)
+
+
+def targets(report, mode):
+    rows, out = report.doc["rows"], report.doc["targets"]
+    for gs in MODES[mode]["group_sizes"]:
+        for pass_ in ("fwd", "fwd_bwd"):
+            get = lambda impl: find(rows, kind="attention", impl=impl, group_size=gs, pass_=pass_)
+            ours, xla = get("ours_none"), get("anchor_xla")
+            if mode == "cpu" or mode == "smoke":
+                ours_xla = get("ours_xla")
+                if ours_xla and xla:
+                    ratio = ours_xla["ms"] / xla["ms"]
+                    out.append(dict(target="cpu: ours xla within 1.5x of dense XLA and never slower",
+                                    group_size=gs, pass_=pass_, ours_ms=ours_xla["ms"], anchor_ms=xla["ms"],
+                                    ratio=ratio, met=bool(ratio <= 1.0)))
+            else:
+                cudnn = get("anchor_cudnn")
+                if ours:
+                    out.append(dict(target="gpu: grouped attention within 2x of the HBM floor", group_size=gs,
+                                    pass_=pass_, ms=ours["ms"], floor_ms=ours["floor_ms"],
+                                    fraction_of_floor=ours["fraction_of_floor"],
+                                    met=bool(ours["fraction_of_floor"] >= 0.5)))
+                if ours and cudnn:
+                    out.append(dict(target="gpu: at least 2x faster than cuDNN over groups", group_size=gs,
+                                    pass_=pass_, ours_ms=ours["ms"], cudnn_ms=cudnn["ms"],
+                                    speedup=cudnn["ms"] / ours["ms"], met=bool(cudnn["ms"] >= 2 * ours["ms"])))
+    for pass_ in ("fwd", "fwd_bwd"):
+        flat = find(rows, kind="layer", impl="flatformer", pass_=pass_)
+        padded = find(rows, kind="layer", impl="padded_windows", pass_=pass_)
+        if flat and padded:
+            out.append(dict(target=("gpu: " if mode == "gpu" else "(gpu target) ") +
+                            "FlatFormer layer at least 3x faster than the padded-window layer",
+                            pass_=pass_, flatformer_ms=flat["ms"], padded_ms=padded["ms"],
+                            speedup=padded["ms"] / flat["ms"], met=bool(padded["ms"] >= 3 * flat["ms"])))
+    report.save()
+
+
+def print_table(report):
+    print(f"\n{'kind':10s} {'impl':24s} {'pass':8s} {'gs':>4s} {'ms':>10s} {'floor%':>7s} {'vs xla':>9s}  note")
+    for r in report.doc["rows"]:
+        ms = f"{r['ms']:.3f}" if "ms" in r else "-"
+        frac = f"{100 * r['fraction_of_floor']:.0f}" if "fraction_of_floor" in r else ""
+        err = r.get("max_rel_diff_vs_anchor_xla")
+        note = r.get("error", "")[:60] or ("" if r.get("numerics_ok", True) else "NUMERICS MISMATCH")
+        print(f"{r['kind']:10s} {r['impl']:24s} {r['pass_']:8s} {r.get('group_size', ''):>4} {ms:>10s} "
+              f"{frac:>7s} {'' if err is None else format(err, '.1e'):>9s}  {note}")
+    for t in report.doc["targets"]:
+        print(("MET    " if t["met"] else "NOT MET"), json.dumps(t))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls per figure")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes: checks the script runs (tests)")
+    parser.add_argument("--json", default=None, help="exact JSON path")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds after which no new entry starts (the rest are recorded as skipped)")
+    parser.add_argument("--no-layer", action="store_true", help="grouped attention only")
+    args = parser.parse_args(argv)
+    platform = jax.default_backend()
+    mode = "smoke" if args.smoke else "gpu" if platform == "gpu" else "cpu"
+    cfg = dict(MODES[mode])
+    if args.quick and not args.smoke:
+        cfg.update(reps=max(1, cfg["reps"] // 2), batches=2)
+    report = Report(args, mode, cfg)
+    print(f"jax {jax.__version__} on {report.doc['device_kind']} [{platform}], mode {mode}", flush=True)
+    nbytes = 1 << (30 if platform == "gpu" else 24 if args.smoke else 28)
+    peak = copy_bandwidth(nbytes, cfg["dtype"])
+    report.doc["copy_gb_per_s"] = peak
+    print(f"copy bandwidth: {peak:.0f} GB/s", flush=True)
+    run_attention(report, cfg, platform, peak)
+    if not args.no_layer:
+        try:
+            run_layers(report, cfg, platform)
+        except Exception as e:  # the points or partitions failed to build: record and finish
+            report.doc["layer_error"] = error_text(e)
+    targets(report, mode)
+    print_table(report)
+    print(f"wrote {report.path}")
+
+
+if __name__ == "__main__":
+    main()
