@@ -89,9 +89,8 @@ def aggregate_training(values: jax.Array, mean_corr: jax.Array, top_k: int):
     _, index = jax.lax.top_k(mean_corr.mean(0), top_k)  # [k]
     weights = jax.nn.softmax(mean_corr[:, index], axis=-1)  # [B, k]: each sample's own correlations
     values = values.astype(jnp.float32)
-    out = jnp.zeros_like(values)
-    for i in range(top_k):
-        out = out + jnp.roll(values, -index[i], axis=1) * weights[:, i, None, None, None]
+    rolled = jax.vmap(lambda delay: jnp.roll(values, -delay, axis=1))(index)  # [k, B, L, H, E]
+    out = jnp.einsum("kblhe,bk->blhe", rolled, weights)
     return out, jnp.broadcast_to(index, weights.shape), weights
 
 
@@ -103,10 +102,9 @@ def aggregate_inference(values: jax.Array, mean_corr: jax.Array, top_k: int):
     corr, delays = jax.lax.top_k(mean_corr, top_k)  # [B, k] each
     weights = jax.nn.softmax(corr, axis=-1)
     values = values.astype(jnp.float32)
-    out = jnp.zeros_like(values)
-    for i in range(top_k):
-        index = (jnp.arange(length)[None, :] + delays[:, i:i + 1]) % length  # [B, L]
-        out = out + jnp.take_along_axis(values, index[:, :, None, None], axis=1) * weights[:, i, None, None, None]
+    index = (jnp.arange(length)[None, :, None] + delays[:, None, :]) % length  # [B, L, k]
+    gathered = jnp.take_along_axis(values[:, :, None], index[:, :, :, None, None], axis=1)  # [B, L, k, H, E]
+    out = jnp.einsum("blkhe,bk->blhe", gathered, weights)
     return out, delays, weights
 
 
