@@ -21,6 +21,8 @@ RUNLOCAL = [
     ("ltsf_sp500", "model=dlinear,runlocal", 60),
     ("ltsf_sp500", "model=nlinear,runlocal", 60),
     ("ltsf_sp500", "model=transformer_forecaster,runlocal", 40),
+    ("autoformer_sp500", "runlocal", 40),
+    ("itransformer_sp500", "runlocal", 40),
     ("time2vec_stocks", "runlocal", 40),
 ]
 
