@@ -4,7 +4,8 @@
 #   2. the kernels' gpu_only tests:  JAX_PLATFORMS= python -m pytest -m gpu_only -q tests/kernels_pallas
 #      (only tests/kernels_pallas: the machine has jax/flax/optax/orbax/chex but no tfds or grain);
 #   3. the attention benchmark (python -m experiments.bench.attention, GPU mode) with a time budget;
-#   4. the decode benchmark (python -m experiments.bench.decode --quick) in the time left.
+#   4. the decode benchmark (python -m experiments.bench.decode --quick) in the time left but WINDOW_S;
+#   5. the flattened-window benchmark (python -m experiments.bench.window --quick), WINDOW_S (90 s).
 # Everything ends within TOTAL_S (default 470 s, under 8 minutes). Logs and the benchmark JSON go to
 # $OUT (what comes back); the JSON is also written under experiments/bench/results/.
 #
@@ -18,6 +19,7 @@ PY=${PYTHON:-python3}
 TOTAL_S=${TOTAL_S:-470}
 TEST_S=${TEST_S:-180}
 BENCH_ARGS=${BENCH_ARGS:-}
+WINDOW_S=${WINDOW_S:-90}
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3}
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
@@ -53,7 +55,7 @@ echo "tests exit code: $TEST_RC (5: none selected; 124: timed out) after $(elaps
 
 LEFT=$(( TOTAL_S - $(elapsed) ))
 # The benchmark stops starting entries at its budget; leave room for the last entry and the table.
-BUDGET=$(( LEFT - 60 ))
+BUDGET=$(( LEFT - 60 - WINDOW_S ))
 if [ "$BUDGET" -gt 200 ]; then BUDGET=200; fi  # the decode benchmark runs after it
 if ! grep -q "backend gpu" "$OUT/versions.txt"; then
   echo "== benchmark skipped: jax does not see a GPU (see versions.txt)"
@@ -62,12 +64,12 @@ elif [ "$BUDGET" -lt 30 ]; then
   echo "== benchmark skipped: only ${LEFT}s left"
   BENCH_RC=skipped
 else
-  echo "== attention benchmark (budget ${BUDGET}s, hard limit $(( LEFT - 5 ))s) $BENCH_ARGS"
-  JAX_PLATFORMS= timeout -k 10 $(( LEFT - 5 )) $PY -m experiments.bench.attention --mode gpu --time-budget "$BUDGET" $BENCH_ARGS 2>&1 \
+  echo "== attention benchmark (budget ${BUDGET}s, hard limit $(( LEFT - 5 - WINDOW_S ))s) $BENCH_ARGS"
+  JAX_PLATFORMS= timeout -k 10 $(( LEFT - 5 - WINDOW_S )) $PY -m experiments.bench.attention --mode gpu --time-budget "$BUDGET" $BENCH_ARGS 2>&1 \
     | tee "$OUT/bench.log"
   BENCH_RC=${PIPESTATUS[0]}
 fi
-LEFT=$(( TOTAL_S - $(elapsed) ))
+LEFT=$(( TOTAL_S - $(elapsed) - WINDOW_S ))
 if grep -q "backend gpu" "$OUT/versions.txt" && [ "$LEFT" -gt 40 ]; then
   echo "== decode benchmark (hard limit $(( LEFT - 5 ))s)"
   JAX_PLATFORMS= timeout -k 10 $(( LEFT - 5 )) $PY -m experiments.bench.decode --quick 2>&1 | tee "$OUT/decode.log"
@@ -75,7 +77,15 @@ if grep -q "backend gpu" "$OUT/versions.txt" && [ "$LEFT" -gt 40 ]; then
 else
   DECODE_RC=skipped
 fi
+LEFT=$(( TOTAL_S - $(elapsed) ))
+if grep -q "backend gpu" "$OUT/versions.txt" && [ "$LEFT" -gt 40 ]; then
+  echo "== window benchmark (budget $(( LEFT - 35 ))s, hard limit $(( LEFT - 5 ))s)"
+  JAX_PLATFORMS= timeout -k 10 $(( LEFT - 5 )) $PY -m experiments.bench.window --quick --time-budget $(( LEFT - 35 )) 2>&1 | tee "$OUT/window.log"
+  WINDOW_RC=${PIPESTATUS[0]}
+else
+  WINDOW_RC=skipped
+fi
 # The JSON is rewritten after every entry, so a run cut short still leaves what it measured.
-find experiments/bench/results \( -name 'attention_*.json' -o -name 'decode_*.json' \) -newer "$MARK" -exec cp {} "$OUT/" \;
+find experiments/bench/results \( -name 'attention_*.json' -o -name 'decode_*.json' -o -name 'window_*.json' \) -newer "$MARK" -exec cp {} "$OUT/" \;
 rm -f "$MARK"
-echo "== done in $(elapsed)s: tests exit $TEST_RC, benchmark exit $BENCH_RC, decode exit $DECODE_RC; in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
+echo "== done in $(elapsed)s: tests exit $TEST_RC, benchmark exit $BENCH_RC, decode exit $DECODE_RC, window exit $WINDOW_RC; in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
