@@ -3,9 +3,9 @@
 On CPU the kernels run in interpret mode at tiny shapes that still exercise what matters: the
 (group, head) loop of a program, a last program with fewer groups (num_groups not a multiple of
 groups_per_block), several query tiles per group, group sizes that are not powers of two (144:
-keys padded to 256 and masked, a partial last query tile), head_dim padded to a power of two
-(24 -> 32), float32 and bfloat16. The same kernels are lowered to Triton for CUDA (no GPU
-needed), and a `gpu_only` test runs them compiled at the benchmark's size.
+key and row pieces 128 + 16; 40: pieces 32 + 16, the last masked past 40), head_dim padded to a
+power of two (24 -> 32), float32 and bfloat16. The same kernels are lowered to Triton for CUDA
+(no GPU needed), and a `gpu_only` test runs them compiled at the benchmark's size.
 """
 from __future__ import annotations
 
@@ -67,15 +67,15 @@ def _impl(groups_per_block, interpret=True):
 # (num_groups, group_size, heads, head_dim), dtype, groups_per_block. Each case covers several
 # requirements (interpret mode costs seconds of compiling per case).
 INTERPRET_CASES = [
-    # 3 programs, the last with 1 group; one query tile per group; head_dim 64.
-    ((5, 32, 2, 64), jnp.float32, 2),
+    # 40 (not a multiple of 16): key and row pieces 32 + 16, the last one masked past 40 (a
+    # group of 32, one power-of-two piece, takes the same path as 64 below); head_dim 64;
+    # 3 programs, the last with 1 group.
+    ((5, 40, 2, 64), jnp.float32, 2),
     # 2 programs, the last with 1 group; 64 rows in 1 tile; 3 heads (odd); bf16.
     ((3, 64, 3, 16), jnp.bfloat16, 2),
     # 144: key pieces 128 + 16; query rows 2 x 64 + 16 forward, 4 x 32 + 16 backward; head_dim
     # 24 padded to 32 (masked columns); 3 programs of 1 group.
     ((3, 144, 2, 24), jnp.float32, 1),
-    # 40 (not a multiple of 16): key and row pieces 32 + 16, the last one masked past 40.
-    ((3, 40, 2, 16), jnp.float32, 2),
     # 256: 4 forward / 8 backward query tiles; the backward accumulates dk, dv over them; bf16.
     ((2, 256, 1, 16), jnp.bfloat16, 1),
 ]
@@ -90,7 +90,9 @@ def test_interpret_matches_oracle(shape, dtype, gpb):
 
 @pytest.mark.parametrize("shape,dtype", [((2048, 128, 8, 16), jnp.bfloat16),
                                          ((1000, 144, 8, 16), jnp.float16),
-                                         ((77, 256, 2, 64), jnp.float32)])
+                                         ((77, 256, 2, 64), jnp.float32),
+                                         ((33, 32, 8, 16), jnp.bfloat16),
+                                         ((9, 40, 3, 24), jnp.bfloat16)])
 def test_lowers_to_triton_for_cuda(shape, dtype):
     """Without a GPU, the compiled path still lowers to Triton custom calls for CUDA: the
     forward kernel (with and without the lse residual) and the backward kernel (catches ops the
