@@ -41,6 +41,15 @@ def test_splits_are_chronological_disjoint_70_10_20(load, name, days):
                                        "test": n_test - HORIZON + 1}
 
 
+@pytest.mark.parametrize("name,val_days,test_days", [("stocks", 216, 429), ("seattle_weather", 147, 292)])
+def test_horizon_96_fits_every_split(load, name, val_days, test_days):
+    ds = load(name, input_len=96, horizon=96)
+    assert ds.info["num_examples"]["validation"] == val_days - 96 + 1
+    assert ds.info["num_examples"]["test"] == test_days - 96 + 1
+    batch = ds.source("test").take(np.arange(2))
+    assert batch["inputs"].shape[1] == batch["targets"].shape[1] == 96
+
+
 @pytest.mark.parametrize("name", ["stocks", "seattle_weather"])
 def test_standardised_with_train_statistics_only(load, data_dir, name):
     ds = load(name)

@@ -6,7 +6,7 @@ and the S&P 500 and NASDAQ Composite closes from the `arch` wheel (arch/data/{sp
 series are aligned on their common trading days, 2004-08-19 (GOOG's listing) .. 2013-03-01 (the end of
 bokeh's data): 2,148 days. bokeh's fifth ticker, FB, starts in 2012 and is left out.
 
-Chronological 70/10/20 train/validation/test split (1,503 / 215 / 430 days) and the reader of
+Chronological 70/10/20 train/validation/test split (1,503 / 216 / 429 days) and the reader of
 fintrans.data.builders.series: every channel standardised with the train split's mean and std only
 (also stored in the prepared dataset's metadata as train_mean / train_std, for all six channels, so
 forecasts can be de-normalised without loading), sliding (input_len, horizon) windows per split.
