@@ -1,6 +1,7 @@
 """Transformer encoder with multi-feature Time2Vec for financial prediction (Bui, Chien, Kovács and Bognár,
 2025, arXiv 2504.13801; shared/PAPERS.md row 27). No code was released; this follows the paper's
-description and the Keras Time2Vec stock transformer it builds on.
+description (Time2Vec in place of positional encoding -> encoder -> pooling -> price regression) and, where
+it leaves details open, the widely used Keras Time2Vec stock transformer (our reading, not the authors').
 
     x [B, L, C]  (the target stock and its most correlated peers as channels; see
                   fintrans.data.feature_selection and the `stocks` dataset's min_corr_pct)
@@ -13,7 +14,7 @@ description and the Keras Time2Vec stock transformer it builds on.
       -> head -> ŷ [B, horizon, C]
 
 What τ is (`time2vec_input`):
-- 'value' (default; the Keras Time2Vector the paper's encoder adopts): τ is the feature's value
+- 'value' (default; as the Keras Time2Vector layer of stock transformers): τ is the feature's value
   x[t, c], and ω, φ are learned per (step, channel, component). The per-step ω, φ are what carry
   position: with them tied across steps the model is blind to order (tests check this).
 - 'time': Kazemi et al.'s original Time2Vec of the step index, τ = t / input_len, with ω, φ per
