@@ -1,0 +1,264 @@
+"""FlatFormer (Liu et al., CVPR'23, 'FlatFormer: Flattened Window Attention for Efficient Point Cloud
+Transformer') with a per-point segmentation head.
+
+The points of a batch are flattened to N = batch * max_points token slots; slot n belongs to sample
+n // max_points, or to none (sample id -1) where the batch's `mask` is False. Each attention layer
+sorts the tokens by window (fintrans.ops.flat_window.window_order: sample, then window in snake
+order, then the voxel inside the window in snake order), cuts every sample's sorted tokens into
+groups of exactly `group_size` (a sample's last group is filled by repeating its own tokens, so no
+masks are needed) and runs full multi-head attention inside each group. A block is four such layers
+whose orderings are x-major, x-major with windows shifted by half a window, y-major and y-major
+shifted, so information crosses group and window borders from block to block.
+
+As in the authors' code (mit-han-lab/flatformer, mmdet3d/models/middle_encoders/flatformer.py):
+- every layer is post-LN: x = LN(x + Attn(x)); x = LN(x + FFN(x)), with a GELU FFN of width
+  mlp_dim (the authors use 2 * embed_dim);
+- a fixed sinusoidal encoding of the voxel (x, y) is added to the queries' and keys' inputs only
+  (q = Wq(x + pe), k = Wk(x + pe), v = Wv(x)): pos_length = (embed_dim // 4) * 2 frequencies
+  temperature ** (2 * (i // 2) / pos_length) per axis, interleaved sin/cos, [pe_x, pe_y], zero
+  padded to embed_dim;
+- the four window orderings are computed once per forward pass and shared by all blocks.
+Here the projections, the FFN and the norms run on the flat tokens (they are pointwise); only
+q, k, v are gathered into groups and only the attention output is scattered back. The
+authors read per-voxel features from a voxel encoder; this model's tokens are points, embedded by
+a pointwise Dense -> LayerNorm -> GELU -> Dense (the per-point layer of a PointPillars-style
+encoder), and several points may share a voxel. The head is one Dense to `num_classes` logits per
+point (num_classes=0 returns the backbone's features).
+
+Permuting a sample's points permutes the output alike when no two points of the sample share a
+voxel; points on one voxel tie in the sort and keep their slot order, which can move a group border
+between them.
+
+Paper defaults (Waymo): window 13x13, group 144, 128 channels, 8 heads of 16, 2 blocks,
+grid 468x468 (0.32 m pillars).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fintrans import axes
+from fintrans.layers import MLP, Dense, LayerNorm
+from fintrans.layers.mlp import ACTIVATIONS, activation
+from fintrans.models import register
+from fintrans.models.config import (DTYPES, ConfigError, ModelConfig, check_choice, check_positive,
+                                    check_rate)
+from fintrans.ops import attention as attention_ops
+from fintrans.ops import flat_window
+
+# (name, sort axis, shifted windows) of the four layers of every block, in the authors' order.
+ORDERINGS = (("x", "x", False), ("x_shift", "x", True), ("y", "y", False), ("y_shift", "y", True))
+MAX_GROUP_SIZE = 1024  # the grouped-attention kernels keep a whole group in fast memory
+
+
+def grouped_impls() -> tuple[str, ...]:
+    """attention_impl values that run fintrans.ops.flat_window.grouped_attention."""
+    impls = getattr(flat_window, "IMPLEMENTATIONS", None)
+    return tuple(impls if impls is not None else flat_window.implementations())
+
+
+def over_groups_impls() -> tuple[str, ...]:
+    """attention_impl values that run fintrans.ops.dot_product_attention with the groups as the
+    batch (xla_dense, xla_blockwise): the same attention through the general kernels."""
+    return tuple(i for i in attention_ops.implementations() if i not in grouped_impls())
+
+
+def _check_pair(name: str, value: Any) -> None:
+    if (not isinstance(value, tuple) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise ConfigError(f"{name}={value!r} must be two positive integers (x, y)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatFormerConfig(ModelConfig):
+    in_features: int = 6  # per-point input features (synthetic_scenes: 6)
+    num_classes: int = 5  # segmentation classes; 0: no head, the output is the backbone's features
+    grid_shape: tuple[int, int] = (468, 468)  # (nx, ny) bird's-eye voxels; coords lie in [0, nx) x [0, ny)
+    window_shape: tuple[int, int] = (13, 13)
+    group_size: int = 144
+    embed_dim: int = 128
+    num_heads: int = 8
+    num_blocks: int = 2  # each block: four layers ordered x, x-shift, y, y-shift
+    mlp_dim: int = 256
+    activation: str = "gelu"
+    norm_epsilon: float = 1e-5  # torch.nn.LayerNorm's default, as the authors'
+    dropout_rate: float = 0.0  # on the attention and FFN outputs before each residual
+    pos_temperature: float = 10_000.0
+    normalize_pos: bool = False  # True: coordinates scaled to [0, 2 pi) before the sinusoids
+    # attention_impl (from ModelConfig): None or a grouped_attention implementation (reference, xla,
+    # pallas_gpu, pallas_tpu), or xla_dense / xla_blockwise to attend within the same groups through
+    # fintrans.ops.dot_product_attention (groups as its batch), e.g. to compare against it.
+
+    def __post_init__(self):
+        # The base class checks attention_impl against fintrans.ops.attention's implementations;
+        # this model's attention is fintrans.ops.flat_window.grouped_attention (see attention_impl).
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("param_dtype", self.param_dtype, DTYPES)
+        check_choice("attention_impl", self.attention_impl, (None,) + grouped_impls() + over_groups_impls())
+        self.validate()
+
+    def validate(self):
+        for name in ("in_features", "group_size", "embed_dim", "num_heads", "num_blocks", "mlp_dim"):
+            check_positive(name, getattr(self, name))
+        check_positive("num_classes", self.num_classes, allow_zero=True)
+        _check_pair("grid_shape", self.grid_shape)
+        _check_pair("window_shape", self.window_shape)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_rate("dropout_rate", self.dropout_rate)
+        if self.group_size > MAX_GROUP_SIZE:
+            raise ConfigError(f"group_size={self.group_size} exceeds {MAX_GROUP_SIZE}, the largest group the "
+                              "grouped-attention kernels hold in fast memory")
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        if self.embed_dim < 4:
+            raise ConfigError(f"embed_dim={self.embed_dim} must be at least 4 (sin and cos of x and y)")
+        for name in ("norm_epsilon", "pos_temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{name}={value!r} must be a positive float")
+        if not isinstance(self.normalize_pos, bool):
+            raise ConfigError(f"normalize_pos={self.normalize_pos!r} must be True or False")
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+
+def position_encoding(coords: jax.Array, features: int, *, temperature: float = 10_000.0,
+                      grid_shape: tuple[int, int] | None = None) -> jax.Array:
+    """The authors' sinusoidal (x, y) encoding: int coords [N, 2] -> float32 [N, features].
+
+    With `grid_shape`, coordinates are first scaled to [0, 2 pi) (their normalize_pos)."""
+    pos_length = (features // 4) * 2
+    i = np.arange(pos_length)
+    inv_freq = jnp.asarray(temperature ** (2 * (i // 2) / pos_length), jnp.float32)
+    xy = coords.astype(jnp.float32)
+    if grid_shape is not None:
+        xy = xy / jnp.asarray(grid_shape, jnp.float32) * 2 * 3.1415  # the authors' constant
+    parts = []
+    for a in range(2):
+        p = xy[:, a, None] / inv_freq  # [N, pos_length]
+        p = jnp.stack([jnp.sin(p[:, 0::2]), jnp.cos(p[:, 1::2])], axis=-1).reshape(p.shape)
+        parts.append(p)
+    pe = jnp.concatenate(parts, axis=-1)
+    return jnp.pad(pe, ((0, 0), (0, features - pe.shape[1])))
+
+
+def flatten_points(batch) -> tuple[jax.Array, jax.Array]:
+    """The batch's points as flat token slots: (coords int32 [N, 2], sample_ids int32 [N]) with
+    N = batch * max_points, sample id b for the real points of row b and -1 for padding."""
+    b, n = batch["mask"].shape
+    sample_ids = jnp.where(batch["mask"], jnp.arange(b, dtype=jnp.int32)[:, None], -1).reshape(b * n)
+    coords = jnp.where(batch["mask"][..., None], batch["coords"].astype(jnp.int32), 0).reshape(b * n, 2)
+    return coords, sample_ids
+
+
+def group_plans(config: FlatFormerConfig, coords: jax.Array, sample_ids: jax.Array, num_samples: int) -> dict:
+    """{ordering name: GroupPlan} for the four orderings of a block (x, x_shift, y, y_shift)."""
+    plans = {}
+    for name, axis, shift in ORDERINGS:
+        order = flat_window.window_order(coords, sample_ids, grid_shape=config.grid_shape,
+                                         window_shape=config.window_shape, axis=axis, shift=shift)
+        plans[name] = flat_window.make_group_plan(order, sample_ids, num_samples=num_samples,
+                                                  group_size=config.group_size)
+    return plans
+
+
+class FlatFormerLayer(nn.Module):
+    """One post-LN layer: grouped attention in one window ordering, then the GELU FFN."""
+    config: FlatFormerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, pe: jax.Array, plan, *, deterministic: bool) -> jax.Array:
+        """x, pe: [batch, max_points, embed_dim] -> [batch, max_points, embed_dim]."""
+        cfg = self.config
+        dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
+        b, n, c = x.shape
+        proj = lambda name: Dense((cfg.num_heads, cfg.head_dim), (axes.EMBED,), (axes.HEADS, axes.HEAD_DIM),
+                                  dtype=dtype, param_dtype=pdtype, name=name)
+        qk_in = x + pe.astype(x.dtype)
+        q, k, v = proj("query")(qk_in), proj("key")(qk_in), proj("value")(x)
+        grouped_spec = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_HEAD_DIM)
+        q, k, v = (nn.with_logical_constraint(flat_window.group_tokens(t.reshape((b * n,) + t.shape[2:]), plan),
+                                              grouped_spec) for t in (q, k, v))
+        if cfg.attention_impl in over_groups_impls():
+            out = attention_ops.dot_product_attention(q, k, v, implementation=cfg.attention_impl)
+        else:
+            out = flat_window.grouped_attention(q, k, v, implementation=cfg.attention_impl)
+        out = flat_window.ungroup_tokens(out, plan).reshape(b, n, cfg.num_heads, cfg.head_dim)
+        out = Dense(c, (axes.HEADS, axes.HEAD_DIM), (axes.EMBED,), dtype=dtype, param_dtype=pdtype,
+                    name="out")(out)
+        drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        norm = lambda name: LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name=name)
+        x = norm("attention_norm")(x + drop(out))
+        h = MLP(cfg.mlp_dim, activation=cfg.activation, dropout_rate=0.0, dtype=dtype, param_dtype=pdtype,
+                name="mlp")(x, deterministic=deterministic)
+        x = norm("mlp_norm")(x + drop(h))
+        return nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+
+
+class FlatFormer(nn.Module):
+    """batch {'points': float[B, N, in_features], 'coords': int[B, N, 2] voxel (x, y), 'mask': bool[B, N]}
+    -> per-point logits float32[B, N, num_classes] (zeros on padding rows), or the backbone's
+    features float32[B, N, embed_dim] when num_classes is 0."""
+    config: FlatFormerConfig
+
+    @nn.compact
+    def __call__(self, batch, *, train: bool = False) -> jax.Array:
+        cfg = self.config
+        self._check(batch)
+        dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
+        deterministic = not train
+        mask = batch["mask"].astype(bool)
+        b, n = mask.shape
+        coords, sample_ids = flatten_points({**batch, "mask": mask})
+        plans = group_plans(cfg, coords, sample_ids, b)
+        pe = position_encoding(coords, cfg.embed_dim, temperature=cfg.pos_temperature,
+                               grid_shape=cfg.grid_shape if cfg.normalize_pos else None)
+        pe = pe.reshape(b, n, cfg.embed_dim).astype(dtype)
+
+        points = jnp.where(mask[..., None], batch["points"], 0).astype(dtype)
+        x = Dense(cfg.embed_dim, (axes.CHANNELS,), (axes.MLP,), dtype=dtype, param_dtype=pdtype,
+                  name="point_embed")(points)
+        x = activation(cfg.activation)(LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype,
+                                                 name="point_embed_norm")(x))
+        x = Dense(cfg.embed_dim, (axes.MLP,), (axes.EMBED,), dtype=dtype, param_dtype=pdtype,
+                  name="point_embed_out")(x)
+        x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+        for i in range(cfg.num_blocks):
+            for name, _, _ in ORDERINGS:
+                x = FlatFormerLayer(cfg, name=f"block_{i}_{name}")(x, pe, plans[name], deterministic=deterministic)
+        if cfg.num_classes:
+            x = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dtype, param_dtype=pdtype,
+                      name="head")(x)
+        return jnp.where(mask[..., None], x, 0).astype(jnp.float32)
+
+    def _check(self, batch) -> None:
+        cfg = self.config
+        for key in ("points", "coords", "mask"):
+            if key not in batch:
+                raise ValueError(f"flatformer: the batch has no {key!r}; it needs 'points' [batch, points, "
+                                 f"{cfg.in_features}], 'coords' [batch, points, 2] and 'mask' [batch, points] "
+                                 f"(got {sorted(batch)})")
+        points, coords, mask = batch["points"], batch["coords"], batch["mask"]
+        if points.ndim != 3 or points.shape[2] != cfg.in_features:
+            raise ValueError(f"flatformer: points must be [batch, points, in_features={cfg.in_features}], got "
+                             f"{tuple(points.shape)}")
+        b, n = points.shape[:2]
+        if tuple(coords.shape) != (b, n, 2):
+            raise ValueError(f"flatformer: coords must be [batch, points, 2] = {(b, n, 2)} to match points "
+                             f"{tuple(points.shape)}, got {tuple(coords.shape)}")
+        if not jnp.issubdtype(coords.dtype, jnp.integer):
+            raise ValueError(f"flatformer: coords must be integer voxel indices, got {coords.dtype}")
+        if tuple(mask.shape) != (b, n):
+            raise ValueError(f"flatformer: mask must be [batch, points] = {(b, n)} to match points "
+                             f"{tuple(points.shape)}, got {tuple(mask.shape)}")
+
+
+register("flatformer", FlatFormerConfig, FlatFormer)
