@@ -1,0 +1,154 @@
+"""t2: time-series transformer for photometric classification (Allam & McEwen, arXiv 2105.06178).
+
+    x [B, T, C] (steps x passbands/channels) -> Conv1D embedding to d_model (ReLU; the authors'
+      ConvEmbedding is kernel_size=1, i.e. a per-step projection) -> + sinusoidal positions
+      -> N post-LN transformer blocks (ReLU FFN, LayerNorm eps 1e-6, dropout in each sublayer)
+      -> global average pooling over the VALID steps -> dropout -> Dense(num_classes) -> logits
+
+Follows `tallamjr/astronet` `astronet/t2/model.py` / `transformer.py` (Keras); logits are returned
+(the softmax lives in the loss).
+
+Masks. `batch['mask']` bool[B, T] (optional; all steps valid without it) marks the real steps of a
+zero-padded batch. Padded steps are zeroed before the embedding, masked out as attention keys and
+left out of the average, so their values never change the logits; with conv_kernel_size > 1 the
+convolution sees zeros past a series' end (as an unpadded series of that length with 'SAME' zero
+padding would).
+
+Class-activation maps (the paper's interpretability tool, `astronet/t2/cams.py`): with h_t the
+last block's output at step t and (W, b) the classifier,
+
+    cam[b, t, k] = h_t · W[:, k]          (0 at padded steps)
+
+and because pooling is a mean over the n valid steps and the classifier is linear,
+
+    logits[b, k] = sum_t cam[b, t, k] / n_b + b_k        (exactly, outside dropout).
+
+Get them with `model.apply(params, batch, method='class_activation_maps')` -> (logits, cam), or
+from the 'intermediates' collection: `model.apply(params, batch, mutable=['intermediates'])` sows
+`cam` there on every call (not during init).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fintrans import axes
+from fintrans.layers import Dense, TransformerBlock, param_with_axes, pool, sinusoidal_positions
+from fintrans.layers.mlp import ACTIVATIONS
+from fintrans.models import register
+from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
+
+
+@dataclasses.dataclass(frozen=True)
+class T2Config(ModelConfig):
+    max_len: int = 100  # longest series (sinusoidal table length); batches may be shorter
+    num_channels: int = 6
+    num_classes: int = 4
+    embed_dim: int = 32  # the authors' num_filters == embed_dim
+    conv_kernel_size: int = 1  # astronet's ConvEmbedding: Conv1D(kernel_size=1, activation='relu')
+    num_layers: int = 1
+    num_heads: int = 4
+    mlp_dim: int = 128  # ff_dim
+    activation: str = "relu"
+    norm_epsilon: float = 1e-6
+    dropout_rate: float = 0.1  # in every block (astronet's TransformerBlock rate=0.1) and after pooling
+
+    def validate(self):
+        for name in ("max_len", "num_channels", "num_classes", "embed_dim", "conv_kernel_size", "num_layers",
+                     "num_heads", "mlp_dim"):
+            check_positive(name, getattr(self, name))
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_rate("dropout_rate", self.dropout_rate)
+        if not isinstance(self.norm_epsilon, (int, float)) or self.norm_epsilon <= 0:
+            raise ConfigError(f"norm_epsilon={self.norm_epsilon!r} must be a positive float")
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+
+
+def check_series_batch(name: str, batch, max_len: int, num_channels: int):
+    """(inputs, valid) of a classification batch of series; clear errors for bad shapes."""
+    x = batch["inputs"]
+    if x.ndim != 3 or x.shape[2] != num_channels or not 1 <= x.shape[1] <= max_len:
+        raise ValueError(f"{name}: inputs must be [batch, length <= max_len={max_len}, num_channels={num_channels}], "
+                         f"got {tuple(x.shape)}")
+    valid = batch.get("mask")
+    if valid is None:
+        valid = jnp.ones(x.shape[:2], bool)
+    elif tuple(valid.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"{name}: mask must be [batch, length] = {tuple(x.shape[:2])}, got {tuple(valid.shape)}")
+    return x, jnp.asarray(valid).astype(bool)
+
+
+class ConvEmbed1D(nn.Module):
+    """Conv1D over time, 'SAME' zero padding: [B, T, C] -> [B, T, features] (kernel [k, C, features])."""
+    features: int
+    kernel_size: int
+    dtype: object = jnp.float32
+    param_dtype: object = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        k, c = self.kernel_size, x.shape[-1]
+        kernel = param_with_axes(self, "kernel", nn.initializers.lecun_normal(), (k, c, self.features),
+                                 (None, axes.CHANNELS, axes.EMBED), self.param_dtype)
+        bias = param_with_axes(self, "bias", nn.initializers.zeros, (self.features,), (axes.EMBED,),
+                               self.param_dtype)
+        left = (k - 1) // 2
+        xp = jnp.pad(x.astype(self.dtype), ((0, 0), (left, k - 1 - left), (0, 0)))
+        t = x.shape[1]
+        y = sum(jnp.einsum("btc,cf->btf", xp[:, i:i + t], kernel[i].astype(self.dtype)) for i in range(k))
+        return y + bias.astype(self.dtype)
+
+
+class T2(nn.Module):
+    """batch {'inputs': float[B, T, C], 'mask'?: bool[B, T]} -> logits float32[B, num_classes]."""
+    config: T2Config
+
+    def setup(self):
+        cfg = self.config
+        dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
+        self.embed = ConvEmbed1D(cfg.embed_dim, cfg.conv_kernel_size, dtype=dtype, param_dtype=pdtype)
+        self.blocks = [TransformerBlock(
+            num_heads=cfg.num_heads, head_dim=cfg.embed_dim // cfg.num_heads, mlp_dim=cfg.mlp_dim,
+            norm="layernorm", norm_position="post", norm_epsilon=cfg.norm_epsilon, activation=cfg.activation,
+            use_bias=True, dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, dtype=dtype,
+            param_dtype=pdtype, name=f"block_{i}") for i in range(cfg.num_layers)]
+        self.pool_dropout = nn.Dropout(cfg.dropout_rate)
+        self.head = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dtype, param_dtype=pdtype)
+
+    def features(self, batch, *, train: bool = False):
+        """(last block's outputs h [B, T, d], valid [B, T])."""
+        cfg = self.config
+        x, valid = check_series_batch("t2", batch, cfg.max_len, cfg.num_channels)
+        dtype = cfg.compute_dtype
+        x = jnp.where(valid[..., None], x.astype(dtype), 0)
+        h = nn.relu(self.embed(x))
+        h = h + jnp.asarray(sinusoidal_positions(x.shape[1], cfg.embed_dim), dtype)
+        key_mask = valid[:, None, None, :]  # [B, 1, 1, T]: padded steps are never attended to
+        for block in self.blocks:
+            h = block(h, mask=key_mask, deterministic=not train)
+        return h, valid
+
+    def class_activation_maps(self, batch, *, train: bool = False):
+        """(logits float32[B, K], cam float32[B, T, K]); cam[b, t, k] = h_t · W[:, k], 0 on padding."""
+        h, valid = self.features(batch, train=train)
+        pooled = pool(h, "mean", valid)
+        pooled = self.pool_dropout(pooled, deterministic=not train)
+        logits = self.head(pooled)
+        logits = nn.with_logical_constraint(logits, (axes.ACT_BATCH, None))
+        kernel = nn.unbox(self.head.variables["params"]["kernel"])
+        cam = jnp.einsum("btd,dk->btk", h, jnp.asarray(kernel, h.dtype))
+        cam = jnp.where(valid[..., None], cam, 0)
+        return logits.astype(jnp.float32), cam.astype(jnp.float32)
+
+    def __call__(self, batch, *, train: bool = False) -> jax.Array:
+        logits, cam = self.class_activation_maps(batch, train=train)
+        if not self.is_initializing():  # keep init's variables to parameters
+            self.sow("intermediates", "cam", cam)
+        return logits
+
+
+register("t2", T2Config, T2)
