@@ -23,6 +23,7 @@ _MODEL_MODULES = (
     "fintrans.models.autoformer",
     "fintrans.models.itransformer",
     "fintrans.models.time2vec_encoder",
+    "fintrans.models.t2",
 )
 
 
