@@ -56,6 +56,14 @@ def _series(rng, length, channels, batch=BATCH):
     return {"inputs": rng.normal(size=(batch, length, channels)).astype(np.float32)}
 
 
+def _masked_series(rng, length, channels, batch=BATCH):
+    """Zero-padded series (one full row, the others shorter) with their mask, as the UEA datasets give."""
+    lengths = np.concatenate([[length], rng.integers(2, length, batch - 1)])
+    mask = np.arange(length)[None] < lengths[:, None]
+    x = rng.normal(size=(batch, length, channels)).astype(np.float32) * mask[..., None]
+    return {"inputs": x, "mask": mask}
+
+
 CASES = {c.name: c for c in [
     Case("decoder_lm",
          dict(vocab_size=32, max_len=16, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
@@ -126,6 +134,15 @@ CASES = {c.name: c for c in [
          bad_inputs=(({"inputs": np.zeros((BATCH, 11, 2), np.float32)}, ("input_len=12", "(3, 11, 2)")),
                      ({"inputs": np.zeros((BATCH, 12, 3), np.float32)}, ("num_channels=2", "(3, 12, 3)"))),
          bad_values=(("time2vec_input", "index"), ("time2vec_dim", 0), ("embed_dim", -1), ("head", "last"))),
+    Case("t2",
+         dict(max_len=12, num_channels=3, num_classes=4, embed_dim=16, conv_kernel_size=3, num_layers=2,
+              num_heads=2, mlp_dim=32, dropout_rate=0.1),
+         lambda rng: _masked_series(rng, 12, 3), (BATCH, 4),
+         bad_inputs=(({"inputs": np.zeros((BATCH, 12, 2), np.float32)}, ("num_channels=3", "(3, 12, 2)")),
+                     ({"inputs": np.zeros((BATCH, 13, 3), np.float32)}, ("max_len=12", "(3, 13, 3)")),
+                     ({"inputs": np.zeros((BATCH, 12, 3), np.float32), "mask": np.ones((BATCH, 11), bool)},
+                      ("mask", "(3, 12)", "(3, 11)"))),
+         bad_values=(("conv_kernel_size", 0), ("num_heads", 3), ("activation", "elu"), ("dropout_rate", 1.0))),
 ]}
 
 
