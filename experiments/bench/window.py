@@ -66,7 +66,7 @@ MODES = {
                 layer_passes=("fwd", "fwd_bwd")),
     "smoke": dict(samples=2, points=192, grid=(40, 40), channels=32, heads=2, group_sizes=(32,),
                   window=(7, 7), layer_group=32, dtype="float32", reps=1, batches=1,
-                  layer_passes=("fwd",)),  # compiling dominates: one pass of the layers
+                  layer_passes=("fwd",), fwd_bwd_impls=("anchor_xla", "ours_none")),  # compiling dominates
 }
 # max|got - want| / max|want| against the anchor 'xla' entry (bf16: twice the kernel tests' bound)
 TOL = {"bfloat16": {"out": 4e-2, "grad": 8e-2}, "float32": {"out": 1e-4, "grad": 2e-4}}
@@ -142,6 +142,15 @@ def measure(report, row, fn, args, cfg, reference=None, tol=None):
 # ---------------------------------------------------------------------------------------------
 # 1. grouped attention
 # ---------------------------------------------------------------------------------------------
+def normals(seed, count, shape, dtype):
+    """`count` standard-normal arrays (one compiled program: eager ops compile one by one)."""
+    @jax.jit
+    def draw(key):
+        return tuple(jax.random.normal(k, shape, jnp.float32).astype(dtype)
+                     for k in jax.random.split(key, count))
+    return draw(jax.random.key(seed))
+
+
 def attention_fns(platform):
     """name -> f(q, k, v) on [groups, group_size, heads, head_dim]; anchors first."""
     fns = {"anchor_xla": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")}
@@ -160,13 +169,14 @@ def run_attention(report, cfg, platform, peak, group_sizes):
     dtype = jnp.dtype(cfg["dtype"])
     for gs in group_sizes:
         g = -(-tokens // gs)
-        keys = jax.random.split(jax.random.key(gs), 4)
-        q, k, v, ct = (jax.random.normal(kk, (g, gs, h, d), jnp.float32).astype(dtype) for kk in keys)
+        q, k, v, ct = normals(gs, 4, (g, gs, h, d), dtype)
         array_bytes = g * gs * h * d * dtype.itemsize
         for pass_, arrays in (("fwd", 4), ("fwd_bwd", 7)):
             floor_ms = 1e3 * arrays * array_bytes / (peak * 1e9)
             want = None
             for name, attn in attention_fns(platform).items():
+                if pass_ == "fwd_bwd" and name not in cfg.get("fwd_bwd_impls", (name,)):
+                    continue
                 if pass_ == "fwd":
                     fn, args = attn, (q, k, v)
                 else:
@@ -271,11 +281,9 @@ def run_layers(report, cfg, platform):
     coords_np, sids_np = make_points(cfg)
     n = coords_np.shape[0]
     coords, sids = jnp.asarray(coords_np), jnp.asarray(sids_np)
-    keys = jax.random.split(jax.random.key(7), 4)
-    x = jax.random.normal(keys[0], (n, c), jnp.float32).astype(dtype)
-    pe = (0.1 * jax.random.normal(keys[1], (n, c), jnp.float32)).astype(dtype)
-    ct = jax.random.normal(keys[2], (n, c), jnp.float32).astype(dtype)
-    params = init_layer(keys[3], c, dtype)
+    x, pe, ct = normals(7, 3, (n, c), dtype)
+    pe = (0.1 * pe).astype(dtype)
+    params = jax.jit(init_layer, static_argnums=(1, 2))(jax.random.key(8), c, dtype)
     base = dict(tokens=n, samples=cfg["samples"], grid=list(cfg["grid"]), window=list(cfg["window"]),
                 channels=c, heads=heads, dtype=dtype.name)
 
@@ -341,7 +349,8 @@ def run_model_layer(report, cfg, base, plan, x, pe):
                                       param_dtype=cfg["dtype"])
         mod = model.FlatFormerLayer(mcfg)
         xb, peb = x.reshape(b, n, -1), pe.reshape(b, n, -1)
-        params = nn.unbox(mod.init(jax.random.key(0), xb, peb, plan, deterministic=True))
+        params = nn.unbox(jax.jit(lambda key, xb, peb, plan: mod.init(key, xb, peb, plan, deterministic=True))(
+            jax.random.key(0), xb, peb, plan))
     except Exception as e:
         row["error"] = error_text(e)
         report.add(row)

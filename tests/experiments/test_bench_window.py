@@ -22,7 +22,7 @@ def test_window_benchmark_smoke(tmp_path):
         assert doc[key]
     attn = [r for r in doc["rows"] if r["kind"] == "attention"]
     assert {r["impl"] for r in attn} == {"anchor_xla", "ours_none", "ours_xla"}
-    assert {r["pass_"] for r in attn} == {"fwd", "fwd_bwd"}
+    assert {r["impl"] for r in attn if r["pass_"] == "fwd_bwd"} == {"anchor_xla", "ours_none"}
     for r in attn:
         assert "error" not in r, r
         assert math.isfinite(r["ms"]) and r["ms"] > 0 and 0 < r["fraction_of_floor"]
@@ -35,4 +35,4 @@ def test_window_benchmark_smoke(tmp_path):
     assert part["padded_tokens"] == part["windows"] * part["max_points_per_window"]
     tokens = layers["flatformer"]["tokens"]
     assert tokens <= part["grouped_tokens"] and tokens <= part["padded_tokens"]
-    assert [t["pass_"] for t in doc["targets"] if t["target"].startswith("cpu")] == ["fwd", "fwd_bwd"]
+    assert [t["pass_"] for t in doc["targets"] if t["target"].startswith("cpu")] == ["fwd"]

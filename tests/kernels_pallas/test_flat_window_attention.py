@@ -79,13 +79,15 @@ def check(got, want, dtype, label):
 SHAPES = [(3, 32, 2, 16), (2, 144, 2, 16), (2, 64, 3, 32), (1, 256, 1, 64), (4, 37, 2, 24)]
 
 
-# The reference (the Pallas kernels' oracle) at two shapes; xla at all of them.
-CASES = ([("reference", s) for s in SHAPES[1:3]] + [("xla", s) for s in SHAPES])
+# (implementation, shape, dtype): the reference (the Pallas kernels' oracle) at two shapes, xla
+# at all of them; each dtype at several group sizes and head dims (one compile per case).
+CASES = [("reference", SHAPES[1], "float32"), ("reference", SHAPES[2], "bfloat16"),
+         ("xla", SHAPES[0], "bfloat16"), ("xla", SHAPES[1], "float32"), ("xla", SHAPES[2], "float32"),
+         ("xla", SHAPES[3], "bfloat16"), ("xla", SHAPES[4], "float32"), ("xla", SHAPES[4], "bfloat16")]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("implementation, shape", CASES,
-                         ids=[f"{i}-{'x'.join(map(str, s))}" for i, s in CASES])
+@pytest.mark.parametrize("implementation, shape, dtype", CASES,
+                         ids=[f"{i}-{'x'.join(map(str, s))}-{d}" for i, s, d in CASES])
 def test_matches_float64_oracle_forward_and_backward(implementation, dtype, shape):
     q, k, v, do = inputs(shape, dtype, seed=sum(shape), spread=2.0)
     got = run(implementation, q, k, v, do, None)
@@ -126,10 +128,15 @@ def test_attention_over_window_groups_equals_attention_within_each_group_of_real
     sid = np.concatenate([np.full(c, s) for s, c in enumerate(counts)] + [np.full(3, -1)])
     sid = jnp.asarray(rng.permutation(sid), jnp.int32)
     coords = jnp.asarray(rng.integers(0, 30, (sid.shape[0], 2)), jnp.int32)
-    order = window_order(coords, sid, grid_shape=(30, 30), window_shape=(7, 7), axis="y", shift=True)
-    plan = make_group_plan(order, sid, num_samples=len(counts), group_size=gs)
     x = jnp.asarray(rng.standard_normal((sid.shape[0], heads, d)), jnp.float32)
-    out = ungroup_tokens(grouped_attention(*(group_tokens(x, plan),) * 3, implementation="xla"), plan)
+
+    @jax.jit
+    def pipeline(coords, sid, x):
+        order = window_order(coords, sid, grid_shape=(30, 30), window_shape=(7, 7), axis="y", shift=True)
+        plan = make_group_plan(order, sid, num_samples=len(counts), group_size=gs)
+        return plan, ungroup_tokens(grouped_attention(*(group_tokens(x, plan),) * 3, implementation="xla"), plan)
+    plan, out = pipeline(coords, sid, x)
+    out = np.asarray(out)
     gather = np.asarray(plan.gather_index).reshape(plan.num_groups, gs)
     scatter = np.asarray(plan.scatter_index)
     xn = np.asarray(x, np.float64)
@@ -137,12 +144,12 @@ def test_attention_over_window_groups_equals_attention_within_each_group_of_real
         members = xn[gather[scatter[slot] // gs]]                # [gs, heads, d], copies included
         s = np.einsum("hd,khd->hk", xn[slot], members) * d ** -0.5
         w = np.exp(s - s.max(1, keepdims=True)); w /= w.sum(1, keepdims=True)
-        np.testing.assert_allclose(np.asarray(out[slot]), np.einsum("hk,khd->hd", w, members),
+        np.testing.assert_allclose(out[slot], np.einsum("hk,khd->hd", w, members),
                                    rtol=1e-4, atol=1e-5)
-    assert np.all(np.asarray(out)[np.asarray(sid) < 0] == 0)
+    assert np.all(out[np.asarray(sid) < 0] == 0)
     # The one-point sample attends to copies of itself only: its output is its own value.
     one = int(np.flatnonzero(np.asarray(sid) == 1)[0])
-    np.testing.assert_allclose(np.asarray(out[one]), xn[one], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[one], xn[one], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -101,14 +101,14 @@ def test_ungroup_of_group_is_identity_on_real_tokens_and_zero_on_padding(jit_pla
     np.testing.assert_array_equal(np.asarray(doubled)[valid], 2 * np.asarray(x)[valid] + 1)
 
 
-def test_gradients_flow_through_group_and_ungroup():
+def test_gradients_flow_through_group_and_ungroup(jit_plan):
     """d/dx sum(w * ungroup(f(group(x)))) with f = a per-group mix (each output depends on all
     tokens of its group, copies included): checked against the same function written with numpy
     index arithmetic, and ungroup alone passes gradients to first copies only."""
     counts, padding, gs = [5, 0, 9, 1], 3, 4
     rng = np.random.default_rng(7)
     coords, sid = batch(rng, counts, padding)
-    _, plan = plan_for(coords, sid, len(counts), gs)
+    _, plan = jit_plan(len(counts), gs)(coords, sid)
     n = sid.shape[0]
     x = jnp.asarray(rng.standard_normal((n, 2)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((n, 2)), jnp.float32)
@@ -118,14 +118,14 @@ def test_gradients_flow_through_group_and_ungroup():
         g = jnp.tanh(g + jnp.sum(g, axis=1, keepdims=True))
         return jnp.sum(w * ungroup_tokens(g, plan))
 
-    got = jax.grad(f)(x)
+    got = jax.jit(jax.grad(f))(x)
     # Expected, via explicit one-hot matrices: group = A @ x, ungroup = B @ grouped.
     gather, scatter = np.asarray(plan.gather_index), np.asarray(plan.scatter_index)
     valid = np.asarray(plan.valid)
     A = np.zeros((gather.size, n)); A[np.arange(gather.size), gather] = 1
     B = np.zeros((n, gather.size)); B[np.flatnonzero(valid), scatter[valid]] = 1
     M = np.kron(np.eye(plan.num_groups), np.ones((gs, gs))) + np.eye(gather.size)
-    want = jax.grad(lambda x: jnp.sum(w * (B @ jnp.tanh(M @ (A @ x)))))(np.asarray(x, np.float64))
+    want = jax.jit(jax.grad(lambda x: jnp.sum(w * (B @ jnp.tanh(M @ (A @ x))))))(x)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
     # ungroup alone: gradient 1 at each real token's first copy, 0 at other copies and padding.
     g_un = jax.grad(lambda g: jnp.sum(ungroup_tokens(g, plan)))(group_tokens(x, plan))
@@ -148,9 +148,9 @@ def test_jit_with_static_n_compiles_once_for_new_counts():
     assert f._cache_size() == 1
 
 
-def test_plan_passes_through_jit_with_static_sizes():
+def test_plan_passes_through_jit_with_static_sizes(jit_plan):
     coords, sid = batch(np.random.default_rng(4), [9, 4], 3)
-    _, plan = plan_for(coords, sid, 2, 4)
+    _, plan = jit_plan(2, 4)(coords, sid)
     x = jnp.arange(16.0)
     out = jax.jit(lambda p, x: group_tokens(x, p))(plan, x)
     assert out.shape == (plan.num_groups, 4)
@@ -166,9 +166,9 @@ def test_plan_passes_through_jit_with_static_sizes():
     (lambda o, s, p: ungroup_tokens(jnp.zeros((3, 4)), p), "ungroup_tokens expects"),
     (lambda o, s, p: group_tokens(jnp.zeros((16,)), o), "plan must be a GroupPlan"),
 ])
-def test_bad_inputs_name_the_problem(fn, message):
+def test_bad_inputs_name_the_problem(jit_plan, fn, message):
     coords, sid = batch(np.random.default_rng(5), [9, 4], 3)
-    order, plan = plan_for(coords, sid, 2, 4)
+    order, plan = jit_plan(2, 4)(coords, sid)
     assert isinstance(plan, GroupPlan)
     with pytest.raises(ValueError, match=message):
         fn(order, sid, plan)
