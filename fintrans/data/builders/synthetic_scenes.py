@@ -61,23 +61,21 @@ def _rotation(yaw: float) -> np.ndarray:
     return np.asarray([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
+_FACE_NORMALS = np.asarray([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1]], np.float64)
+
+
 def _cuboid_surface(rng, n, size, yaw, centre):
-    """n points on the four sides and the top of an upright cuboid (size = (sx, sy, h)) standing on
-    the ground at centre (x, y), turned by yaw; returns (points [n, 3], normals [n, 3])."""
+    """n points on the four sides (+x, -x, +y, -y) and the top of an upright cuboid (size = (sx, sy,
+    h)) standing on the ground at centre (x, y), turned by yaw; returns (points [n, 3], normals [n, 3])."""
     sx, sy, h = size
-    faces = [  # (area, normal, sampler of local points)
-        (sy * h, (1, 0, 0), lambda m: np.c_[np.full(m, sx / 2), rng.uniform(-sy / 2, sy / 2, m), rng.uniform(0, h, m)]),
-        (sy * h, (-1, 0, 0), lambda m: np.c_[np.full(m, -sx / 2), rng.uniform(-sy / 2, sy / 2, m), rng.uniform(0, h, m)]),
-        (sx * h, (0, 1, 0), lambda m: np.c_[rng.uniform(-sx / 2, sx / 2, m), np.full(m, sy / 2), rng.uniform(0, h, m)]),
-        (sx * h, (0, -1, 0), lambda m: np.c_[rng.uniform(-sx / 2, sx / 2, m), np.full(m, -sy / 2), rng.uniform(0, h, m)]),
-        (sx * sy, (0, 0, 1), lambda m: np.c_[rng.uniform(-sx / 2, sx / 2, m), rng.uniform(-sy / 2, sy / 2, m), np.full(m, h)]),
-    ]
-    areas = np.asarray([f[0] for f in faces])
-    counts = rng.multinomial(n, areas / areas.sum())
-    pts = np.concatenate([f[2](m) for f, m in zip(faces, counts)])
-    normals = np.concatenate([np.tile(np.asarray(f[1], np.float64), (m, 1)) for f, m in zip(faces, counts)])
+    areas = np.asarray([sy * h, sy * h, sx * h, sx * h, sx * sy])
+    face = rng.choice(5, size=n, p=areas / areas.sum())
+    pts = (rng.uniform(-0.5, 0.5, size=(n, 3)) + np.asarray([0.0, 0.0, 0.5])) * np.asarray([sx, sy, h])
+    pts[:, 0] = np.where(face == 0, sx / 2, np.where(face == 1, -sx / 2, pts[:, 0]))
+    pts[:, 1] = np.where(face == 2, sy / 2, np.where(face == 3, -sy / 2, pts[:, 1]))
+    pts[:, 2] = np.where(face == 4, h, pts[:, 2])
     rot = _rotation(yaw)
-    return pts @ rot.T + np.r_[centre, 0.0], normals @ rot.T
+    return pts @ rot.T + np.asarray([centre[0], centre[1], 0.0]), _FACE_NORMALS[face] @ rot.T
 
 
 def _cuboid_area(size):
@@ -92,9 +90,9 @@ def _cylinder_surface(rng, n, radius, height, centre):
     theta = rng.uniform(0, 2 * math.pi, n)
     r = np.where(np.arange(n) < n_side, radius, radius * np.sqrt(rng.uniform(0, 1, n)))
     z = np.where(np.arange(n) < n_side, rng.uniform(0, height, n), height)
-    pts = np.c_[centre[0] + r * np.cos(theta), centre[1] + r * np.sin(theta), z]
+    pts = np.stack([centre[0] + r * np.cos(theta), centre[1] + r * np.sin(theta), z], axis=1)
     normals = np.where((np.arange(n) < n_side)[:, None],
-                       np.c_[np.cos(theta), np.sin(theta), np.zeros(n)], np.asarray([0.0, 0.0, 1.0]))
+                       np.stack([np.cos(theta), np.sin(theta), np.zeros(n)], axis=1), np.asarray([0.0, 0.0, 1.0]))
     return pts, normals
 
 
@@ -165,12 +163,13 @@ def generate_scene(rng: np.random.Generator) -> dict[str, np.ndarray]:
     while len(ground) < n_ground:
         need = n_ground - len(ground)
         cand = rng.uniform(SCENE_MIN, SCENE_MIN + SCENE_SIZE, size=(need + need // 4 + 64, 2))
+        cand = cand[np.argsort(cand[:, 0])]  # so the candidates near an object are one slice
         free = np.ones(len(cand), bool)
         for o in objects:
-            near = np.flatnonzero(np.abs(cand - o["centre"]).max(1) < o["radius"])  # cheap bounding square
-            free[near[_inside_footprint(cand[near], o)]] = False
+            lo, hi = np.searchsorted(cand[:, 0], [o["centre"][0] - o["radius"], o["centre"][0] + o["radius"]])
+            free[lo:hi] &= ~_inside_footprint(cand[lo:hi], o)
         ground = np.concatenate([ground, cand[free]])
-    xyz.append(np.c_[ground[:n_ground], np.zeros(n_ground)])
+    xyz.append(np.concatenate([ground[:n_ground], np.zeros((n_ground, 1))], axis=1))
     normals.append(np.tile([0.0, 0.0, 1.0], (n_ground, 1)))
     labels.append(np.full(n_ground, GROUND))
     reflect.append(np.full(n_ground, rng.uniform(0.2, 1.0)))
@@ -220,7 +219,8 @@ def point_features(xyz: np.ndarray, intensity: np.ndarray, coords: np.ndarray) -
     np.minimum.at(min_z, pillar, z)
     centre = SCENE_MIN + (coords + 0.5) * VOXEL_SIZE
     offset = (xyz[:, :2] - centre) / VOXEL_SIZE
-    return np.c_[offset, z, z - mean_z[pillar], z - min_z[pillar], intensity].astype(np.float32)
+    return np.concatenate([offset, np.stack([z, z - mean_z[pillar], z - min_z[pillar], intensity], axis=1)],
+                          axis=1).astype(np.float32)
 
 
 class SyntheticScenes(OfflineBuilder, skip_registration=True):
