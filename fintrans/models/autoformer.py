@@ -30,9 +30,12 @@ normal init) with an optional bias-free Linear of time features; no positional e
 on the embedding, the correlation output and the FFN. The authors' AutoCorrelation also builds an
 attention-dropout module that it never applies; so does this one (i.e. it has none).
 
-Note: a bias on the query projection adds the same constant to R(τ) for every delay, which
-neither the top-k nor the softmax sees (so does a key bias, except when keys are zero-padded).
-They are kept, as the authors have them, so that weights convert one to one.
+Inert parameters of the authors' network are left out (their outputs are the same, which the
+parity tests check with random values in them): a query-projection bias adds b·Σ_t K[t] to R(τ),
+the same for every delay, which neither the top-k nor the softmax sees; so does a key-projection
+bias, except when the keys are zero-padded (decoder cross-correlation with label_len + horizon >
+input_len), the one case where it is kept; my_Layernorm's bias is removed again by its own mean
+over time. Such parameters would only ever get rounding noise as gradients.
 
 Optional time features: with `num_time_features > 0` the batch must hold
 `time_features` float[B, input_len + horizon, num_time_features] (the lookback's and the horizon's
@@ -136,9 +139,11 @@ class AutoCorrelationLayer(nn.Module):
     def __call__(self, x: jax.Array, context: jax.Array, *, train: bool) -> jax.Array:
         d = x.shape[-1]
         head_dim = d // self.num_heads
-        proj = lambda name: Dense((self.num_heads, head_dim), (axes.EMBED,), (axes.HEADS, axes.HEAD_DIM),
-                                  dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        q, k, v = proj("query")(x), proj("key")(context), proj("value")(context)
+        proj = lambda name, bias: Dense((self.num_heads, head_dim), (axes.EMBED,), (axes.HEADS, axes.HEAD_DIM),
+                                        use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        # Biases that shift R(τ) equally at every delay are inert (see the module docstring).
+        padded = context.shape[1] < x.shape[1]
+        q, k, v = proj("query", False)(x), proj("key", padded)(context), proj("value", True)(context)
         out, delays, weights, mean_corr = auto_correlation(q, k, v, factor=self.factor, train=train)
         self.sow("intermediates", "delays", delays)
         self.sow("intermediates", "weights", weights)
@@ -193,7 +198,8 @@ class SeasonalLayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        y = LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=self.param_dtype, name="norm")(x)
+        # no bias: the mean over time would remove it again
+        y = LayerNorm(epsilon=1e-5, use_bias=False, dtype=jnp.float32, param_dtype=self.param_dtype, name="norm")(x)
         return (y - y.mean(axis=1, keepdims=True)).astype(self.dtype)
 
 

@@ -49,10 +49,10 @@ def _linear(lin):
     return out
 
 
-def _heads(lin, heads):
+def _heads(lin, heads, bias=True):
     d_in, d_out = lin.weight.shape[1], lin.weight.shape[0]
     return {"kernel": _t(lin.weight).T.reshape(d_in, heads, d_out // heads),
-            "bias": _t(lin.bias).reshape(heads, d_out // heads)}
+            **({"bias": _t(lin.bias).reshape(heads, d_out // heads)} if bias else {})}
 
 
 def _out(lin, heads):
@@ -82,23 +82,27 @@ def _randomise(module, seed):
 
 # --- Autoformer ---
 
-def _correlation_params(layer, heads):
-    return {"query": _heads(layer.query_projection, heads), "key": _heads(layer.key_projection, heads),
+def _correlation_params(layer, heads, key_bias=False):
+    """Ours has no query bias and a key bias only where keys are zero-padded (the others are inert:
+    the torch modules keep random values in them, so the comparison checks that too)."""
+    return {"query": _heads(layer.query_projection, heads, False),
+            "key": _heads(layer.key_projection, heads, key_bias),
             "value": _heads(layer.value_projection, heads), "out": _out(layer.out_projection, heads)}
 
 
-def _autoformer_params(enc_embedding, dec_embedding, encoder, decoder, heads):
+def _autoformer_params(enc_embedding, dec_embedding, encoder, decoder, heads, cross_padded=False):
+    seasonal_norm = lambda n: {"scale": _t(n.layernorm.weight)}  # my_Layernorm's bias cancels
     p = {"encoder_embed": {"token": _conv3(enc_embedding.value_embedding.tokenConv)},
          "decoder_embed": {"token": _conv3(dec_embedding.value_embedding.tokenConv)},
-         "encoder_norm": {"norm": _layernorm(encoder.norm.layernorm)},
-         "decoder_norm": {"norm": _layernorm(decoder.norm.layernorm)},
+         "encoder_norm": {"norm": seasonal_norm(encoder.norm)},
+         "decoder_norm": {"norm": seasonal_norm(decoder.norm)},
          "projection": _linear(decoder.projection)}
     for i, layer in enumerate(encoder.attn_layers):
         p[f"encoder_{i}_correlation"] = _correlation_params(layer.attention, heads)
         p[f"encoder_{i}_ffn"] = {"wi": _conv1(layer.conv1), "wo": _conv1(layer.conv2)}
     for i, layer in enumerate(decoder.layers):
         p[f"decoder_{i}_self_correlation"] = _correlation_params(layer.self_attention, heads)
-        p[f"decoder_{i}_cross_correlation"] = _correlation_params(layer.cross_attention, heads)
+        p[f"decoder_{i}_cross_correlation"] = _correlation_params(layer.cross_attention, heads, cross_padded)
         p[f"decoder_{i}_ffn"] = {"wi": _conv1(layer.conv1), "wo": _conv1(layer.conv2)}
         p[f"decoder_{i}_trend_projection"] = _conv3(layer.projection)
     return {"params": jax.tree.map(jnp.asarray, p)}
@@ -135,8 +139,10 @@ def test_autoformer_parity_with_neuralforecast_univariate(train):
     np.testing.assert_allclose(ours, expected.reshape(ours.shape), atol=2e-4, rtol=1e-4)
 
 
-def test_autoformer_parity_with_the_authors_modules_multivariate():
-    cfg = af.AutoformerConfig(num_channels=3, **AF)
+@pytest.mark.parametrize("label_len,horizon", [(12, 8), (8, 20)], ids=["cross_truncated", "cross_padded"])
+def test_autoformer_parity_with_the_authors_modules_multivariate(label_len, horizon):
+    cfg = af.AutoformerConfig(num_channels=3, **{**AF, "label_len": label_len, "horizon": horizon})
+    padded = cfg.decoder_len > cfg.input_len
     H, d = cfg.num_heads, cfg.embed_dim
     correlation = lambda: nfa.AutoCorrelationLayer(nfa.AutoCorrelation(False, int(cfg.factor), attention_dropout=0.0),
                                                    d, H)
@@ -163,7 +169,7 @@ def test_autoformer_parity_with_the_authors_modules_multivariate():
         seasonal_part, trend_part = decoder(dec_embedding(seasonal_init), enc_out, trend=trend_init)
         expected = (trend_part + seasonal_part)[:, -cfg.horizon:].numpy()
 
-    params = _autoformer_params(enc_embedding, dec_embedding, encoder, decoder, H)
+    params = _autoformer_params(enc_embedding, dec_embedding, encoder, decoder, H, cross_padded=padded)
     ours = jax.jit(lambda p, x: af.Autoformer(cfg).apply(p, {"inputs": x}))(params, x)
     np.testing.assert_allclose(ours, expected, atol=2e-4, rtol=1e-4)
 
