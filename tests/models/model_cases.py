@@ -64,6 +64,19 @@ def _masked_series(rng, length, channels, batch=BATCH):
     return {"inputs": x, "mask": mask}
 
 
+def _point_clouds(rng, counts=(40, 0, 23), points=40, grid=16, features=6):
+    """Clouds on a grid x grid bird's-eye grid, no two points of a sample on one voxel (so the
+    window order has no ties), rows padded to `points` with random values under mask False."""
+    cells = np.stack([rng.choice(grid * grid, points, replace=False) for _ in counts])
+    return {"points": rng.normal(size=(len(counts), points, features)).astype(np.float32),
+            "coords": np.stack([cells // grid, cells % grid], axis=-1).astype(np.int32),
+            "mask": np.arange(points)[None] < np.asarray(counts)[:, None]}
+
+
+_CLOUD = {"points": np.zeros((BATCH, 40, 6), np.float32), "coords": np.zeros((BATCH, 40, 2), np.int32),
+          "mask": np.ones((BATCH, 40), bool)}
+
+
 CASES = {c.name: c for c in [
     Case("decoder_lm",
          dict(vocab_size=32, max_len=16, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
@@ -143,6 +156,17 @@ CASES = {c.name: c for c in [
                      ({"inputs": np.zeros((BATCH, 12, 3), np.float32), "mask": np.ones((BATCH, 11), bool)},
                       ("mask", "(3, 12)", "(3, 11)"))),
          bad_values=(("conv_kernel_size", 0), ("num_heads", 3), ("activation", "elu"), ("dropout_rate", 1.0))),
+    Case("flatformer",
+         dict(in_features=6, num_classes=5, grid_shape=(16, 16), window_shape=(4, 4), group_size=16, embed_dim=32,
+              num_heads=4, num_blocks=1, mlp_dim=64, dropout_rate=0.1),
+         _point_clouds, (BATCH, 40, 5),
+         bad_inputs=(({**_CLOUD, "points": np.zeros((BATCH, 40, 5), np.float32)}, ("in_features=6", "(3, 40, 5)")),
+                     ({**_CLOUD, "coords": np.zeros((BATCH, 40, 3), np.int32)}, ("coords", "(3, 40, 2)", "(3, 40, 3)")),
+                     ({**_CLOUD, "coords": np.zeros((BATCH, 40, 2), np.float32)}, ("coords", "integer")),
+                     ({**_CLOUD, "mask": np.ones((BATCH, 39), bool)}, ("mask", "(3, 40)", "(3, 39)")),
+                     ({"points": _CLOUD["points"], "mask": _CLOUD["mask"]}, ("no 'coords'",))),
+         bad_values=(("window_shape", (4,)), ("grid_shape", (16, 0)), ("group_size", 0), ("num_heads", 5),
+                     ("activation", "swish"), ("num_classes", -1))),
 ]}
 
 
