@@ -229,7 +229,9 @@ class SyntheticScenes(OfflineBuilder, skip_registration=True):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        points = lambda shape, dtype: tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
+        def points(shape, dtype):  # raw bytes: fast to write and read
+            return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
+
         return tfds.core.DatasetInfo(
             builder=self,
             description=(f"Synthetic lidar-like scenes: ground plus boxes, cylinders, spheres and walls, "
