@@ -24,6 +24,7 @@ _MODEL_MODULES = (
     "fintrans.models.itransformer",
     "fintrans.models.time2vec_encoder",
     "fintrans.models.t2",
+    "fintrans.models.lmuformer",
     "fintrans.models.flatformer",
 )
 
