@@ -444,6 +444,7 @@ def main(argv=None):
             report.doc["layer_error"] = error_text(e)
             report.save()
     run_attention(report, cfg, platform, peak, cfg["group_sizes"][1:])
+    report.doc["loadavg_at_end"] = list(os.getloadavg())
     targets(report, mode)
     print_table(report)
     print(f"wrote {report.path}")
