@@ -24,6 +24,7 @@ RUNLOCAL = [
     ("autoformer_sp500", "runlocal", 40),
     ("itransformer_sp500", "runlocal", 40),
     ("time2vec_stocks", "runlocal", 40),
+    ("lmuformer_digits", "runlocal", 80),
     ("t2_uea", "runlocal", 60),
     ("flatformer_scenes", "runlocal", 30),
 ]
