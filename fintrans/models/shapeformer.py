@@ -1,0 +1,268 @@
+"""ShapeFormer: shapelet transformer for multivariate time-series classification (Le et al., KDD'24;
+authors' code `xuanmay2701/shapeformer`, `Models/shapeformer.py`).
+
+Two branches over x [B, T, C] (zero-padded, `mask` [B, T] marks real steps), concatenated for the classifier:
+
+Class-specific branch (one token per shapelet). Shapelets are discovered on the TRAINING split by
+`fintrans.data.shapelets.discover` (perceptually important points + information gain) and enter the
+model through the config: `shapelets` (the values, one tuple each, lengths may differ),
+`shapelet_channels`, `shapelet_starts` and `shapelet_weights` (the discovery's information gains);
+`Shapelets.as_config()` gives these fields. The shapelets and their weights are learnable, as in
+the authors' code: each is the config's value plus a parameter offset initialised to zero. For shapelet s of length L on channel c found at position start_s:
+  - Shapelet filter: among the windows x[p:p+L, c] with start_s - window <= p <= start_s + window
+    (and p + L <= the series' valid length), pick the best match by the complexity-invariant
+    distance  mean_j (x[p+j, c] - s_j)^2 * min(max_ci, max(CI_x, CI_s) / min(CI_x, CI_s)),
+    CI(z) = sqrt(sum diff(z)^2 + 1e-3). (The authors' model compares a sum of squared differences
+    to a square root, which we read as a slip and use the square root for both, as their
+    discovery does.) The argmin is a hard selection, as theirs.
+  - Difference feature: Linear_1(best window) - Linear_2(s)  (two Linear(L -> d) per shapelet).
+  - + learned embeddings of the shapelet's channel, start and end (the authors' one-hot -> Linear).
+  - One post-LN transformer layer whose attention and FFN outputs are scaled per token by the
+    learnable shapelet weights (initialised from the information gains); the FIRST token is kept.
+Generic branch: Conv over time (width 8, 'same', shared over channels) -> LayerNorm -> GELU ->
+  Conv over all channels -> LayerNorm -> GELU -> [B, T, d] + learned positions -> one post-LN
+  transformer layer (padded steps masked as keys) -> mean over valid steps. The authors use
+  BatchNorm after the convolutions; here LayerNorm, so the model stays a pure function of its
+  parameters (no running statistics).
+Output: Linear([first shapelet token ; pooled generic features]) -> logits.
+
+With no shapelets (the default config) the class-specific branch is absent: the generic branch alone.
+Padded steps are zeroed first, never attended to, never pooled and never inside a matched window
+(unless the series is shorter than the shapelet: then the window at the clipped start is used,
+its padding read as zeros), so their values never change the logits.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fintrans import axes
+from fintrans.layers import Dense, LayerNorm, TransformerBlock, param_with_axes, pool
+from fintrans.layers.mlp import ACTIVATIONS
+from fintrans.models import register
+from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
+from fintrans.models.t2 import check_series_batch
+
+CI_EPS = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeFormerConfig(ModelConfig):
+    max_len: int = 100
+    num_channels: int = 6
+    num_classes: int = 4
+    shapelets: tuple = ()  # tuple of tuples of floats (values of each shapelet)
+    shapelet_channels: tuple = ()  # int per shapelet
+    shapelet_starts: tuple = ()  # int per shapelet: where discovery found it
+    shapelet_weights: tuple = ()  # float per shapelet: information gain (initial token weight)
+    window: int = 20  # search +- window steps around each shapelet's start
+    max_ci: float = 3.0
+    shape_embed_dim: int = 32
+    generic_embed_dim: int = 32
+    conv_width: int = 8
+    num_heads: int = 4
+    mlp_dim: int = 64
+    activation: str = "relu"
+    norm_epsilon: float = 1e-5
+    dropout_rate: float = 0.1
+
+    def validate(self):
+        for name in ("max_len", "num_channels", "num_classes", "shape_embed_dim", "generic_embed_dim", "conv_width",
+                     "num_heads", "mlp_dim"):
+            check_positive(name, getattr(self, name))
+        check_positive("window", self.window, allow_zero=True)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_rate("dropout_rate", self.dropout_rate)
+        for name in ("norm_epsilon", "max_ci"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or v <= 0:
+                raise ConfigError(f"{name}={v!r} must be a positive float")
+        for name in ("shape_embed_dim", "generic_embed_dim"):
+            if getattr(self, name) % self.num_heads:
+                raise ConfigError(f"{name}={getattr(self, name)} is not divisible by num_heads={self.num_heads}")
+        # ml_collections hands nested tuples back as lists: store tuples (the config stays hashable).
+        shapelets = tuple(tuple(float(v) for v in s) for s in self.shapelets)
+        object.__setattr__(self, "shapelets", shapelets)
+        n = len(shapelets)
+        for name in ("shapelet_channels", "shapelet_starts", "shapelet_weights"):
+            vals = tuple(getattr(self, name))
+            object.__setattr__(self, name, vals)
+            if len(vals) != n:
+                raise ConfigError(f"{name} has {len(vals)} entries for {n} shapelets; give one per shapelet")
+        for i, s in enumerate(shapelets):
+            if not 2 <= len(s) <= self.max_len:
+                raise ConfigError(f"shapelets[{i}] has length {len(s)}; lengths must be in [2, max_len={self.max_len}]")
+            c, st = self.shapelet_channels[i], self.shapelet_starts[i]
+            if not isinstance(c, int) or not 0 <= c < self.num_channels:
+                raise ConfigError(f"shapelet_channels[{i}]={c!r} must be a channel in [0, {self.num_channels})")
+            if not isinstance(st, int) or not 0 <= st <= self.max_len - len(s):
+                raise ConfigError(f"shapelet_starts[{i}]={st!r} must be in [0, max_len - length = "
+                                  f"{self.max_len - len(s)}]")
+
+    @property
+    def num_shapelets(self) -> int:
+        return len(self.shapelets)
+
+    def shapelet_arrays(self):
+        """(values float32 [S, Lmax] zero-padded, lengths int [S]) as numpy."""
+        lengths = np.array([len(s) for s in self.shapelets], np.int32)
+        values = np.zeros((len(lengths), int(lengths.max(initial=1))), np.float32)
+        for i, s in enumerate(self.shapelets):
+            values[i, :len(s)] = s
+        return values, lengths
+
+
+def shapelet_filter(x, valid_len, values, lengths, channels, starts, *, window: int, max_ci: float):
+    """Best-matching windows and their distances.
+
+    x [B, T, C] (padding zeroed), valid_len int[B], values [S, Lmax] (zero beyond lengths), lengths/
+    channels/starts int[S] (numpy). Returns (windows [B, S, Lmax] zero beyond each length, dist [B, S],
+    position int[B, S]).
+    """
+    b, t, _ = x.shape
+    s_count, lmax = values.shape
+    xs = jnp.take(x, jnp.asarray(channels), axis=2).transpose(0, 2, 1)  # [B, S, T]
+    xs = jnp.pad(xs, ((0, 0), (0, 0), (0, lmax)))
+    idx = np.arange(t)[:, None] + np.arange(lmax)[None, :]  # [T, Lmax]
+    win = xs[:, :, idx]  # [B, S, T(p), Lmax]
+    j_ok = jnp.asarray(np.arange(lmax)[None, :] < lengths[:, None])  # [S, Lmax]
+    win = jnp.where(j_ok[None, :, None, :], win, 0)
+    lens = jnp.asarray(lengths, x.dtype)
+    sq = jnp.sum((win - values[None, :, None, :]) ** 2, axis=-1) / lens[None, :, None]  # [B, S, P]
+    d_ok = jnp.asarray(np.arange(lmax - 1)[None, :] < (lengths[:, None] - 1))
+    ci_w = jnp.sqrt(jnp.sum(jnp.where(d_ok[None, :, None, :], jnp.diff(win, axis=-1) ** 2, 0), -1) + CI_EPS)
+    ci_s = jnp.sqrt(jnp.sum(jnp.where(d_ok, jnp.diff(values, axis=-1) ** 2, 0), -1) + CI_EPS)  # [S]
+    ratio = jnp.minimum(jnp.maximum(ci_w, ci_s[None, :, None]) / jnp.minimum(ci_w, ci_s[None, :, None]), max_ci)
+    dist = sq * ratio
+    p = np.arange(t)
+    in_range = (p[None, :] >= starts[:, None] - window) & (p[None, :] <= starts[:, None] + window)  # [S, P]
+    fits = p[None, None, :] + lengths[None, :, None] <= valid_len[:, None, None]  # [B, S, P]
+    ok = jnp.asarray(in_range)[None] & fits
+    masked = jnp.where(ok, dist, jnp.inf)
+    fallback = jnp.asarray(np.clip(starts, 0, None))  # series shorter than the shapelet: its clipped start
+    fallback = jnp.minimum(fallback[None, :], jnp.maximum(valid_len[:, None] - lengths[None, :], 0))
+    pos = jnp.where(ok.any(-1), jnp.argmin(masked, axis=-1), fallback)  # [B, S]
+    best = jnp.take_along_axis(win, pos[:, :, None, None], axis=2)[:, :, 0]
+    best_dist = jnp.take_along_axis(dist, pos[:, :, None], axis=2)[:, :, 0]
+    return best, best_dist, pos
+
+
+class ShapeFormer(nn.Module):
+    """batch {'inputs': float[B, T, C], 'mask'?: bool[B, T]} -> logits float32[B, num_classes]."""
+    config: ShapeFormerConfig
+
+    @nn.compact
+    def __call__(self, batch, *, train: bool = False) -> jax.Array:
+        cfg = self.config
+        x, valid = check_series_batch("shapeformer", batch, cfg.max_len, cfg.num_channels)
+        dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
+        det = not train
+        x = jnp.where(valid[..., None], x.astype(dtype), 0)
+        b, t, c = x.shape
+        features = [self._generic(x, valid, det)]
+        if cfg.num_shapelets:
+            features.insert(0, self._class_specific(x, valid, det))
+        h = jnp.concatenate(features, axis=-1)
+        logits = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dtype, param_dtype=pdtype,
+                       name="head")(h)
+        return nn.with_logical_constraint(logits, (axes.ACT_BATCH, None)).astype(jnp.float32)
+
+    def _block(self, d, name):
+        cfg = self.config
+        return TransformerBlock(num_heads=cfg.num_heads, head_dim=d // cfg.num_heads, mlp_dim=cfg.mlp_dim,
+                                norm="layernorm", norm_position="post", norm_epsilon=cfg.norm_epsilon,
+                                activation=cfg.activation, use_bias=True, dropout_rate=cfg.dropout_rate,
+                                attention_impl=cfg.attention_impl, dtype=cfg.compute_dtype,
+                                param_dtype=cfg.params_dtype, name=name)
+
+    def _generic(self, x, valid, det):
+        cfg = self.config
+        dtype, pdtype, d = cfg.compute_dtype, cfg.params_dtype, cfg.generic_embed_dim
+        b, t, c = x.shape
+        k = cfg.conv_width
+        # Conv2d(1 -> d, kernel [1, k], 'same') over time, shared by the channels: [B, T, C, d]
+        w1 = param_with_axes(self, "time_conv", nn.initializers.lecun_normal(), (k, d), (None, axes.EMBED), pdtype)
+        b1 = param_with_axes(self, "time_conv_bias", nn.initializers.zeros, (d,), (axes.EMBED,), pdtype)
+        left = (k - 1) // 2  # torch 'same' pads (k-1)//2 on the left
+        xp = jnp.pad(x, ((0, 0), (left, k - 1 - left), (0, 0)))
+        h = sum(xp[:, i:i + t, :, None] * w1[i].astype(dtype) for i in range(k)) + b1.astype(dtype)
+        h = nn.gelu(LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="time_norm")(h),
+                    approximate=False)
+        # Conv2d(d -> d, kernel [C, 1], 'valid') across the channels: [B, T, d]
+        h = Dense(d, (axes.CHANNELS, axes.EMBED), (axes.MLP,), dtype=dtype, param_dtype=pdtype,
+                  name="channel_conv")(h)
+        h = nn.gelu(LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="channel_norm")(h),
+                    approximate=False)
+        pos = param_with_axes(self, "positions", nn.initializers.uniform(0.04), (cfg.max_len, d),
+                              (axes.LENGTH, axes.EMBED), pdtype)
+        h = h + (pos[:t].astype(dtype) - 0.02)
+        h = self._block(d, "generic_block")(h, mask=valid[:, None, None, :], deterministic=det)
+        return pool(h, "mean", valid)
+
+    def _class_specific(self, x, valid, det):
+        cfg = self.config
+        dtype, pdtype, d = cfg.compute_dtype, cfg.params_dtype, cfg.shape_embed_dim
+        init_values, lengths = cfg.shapelet_arrays()
+        s_count, lmax = init_values.shape
+        channels = np.asarray(cfg.shapelet_channels, np.int32)
+        starts = np.asarray(cfg.shapelet_starts, np.int32)
+        # Learnable shapelets = the config's values + a learned offset (zero at init): the same
+        # parameterisation as learning the values themselves, with a random-init-free parameter.
+        delta = param_with_axes(self, "shapelet_offsets", nn.initializers.zeros, (s_count, lmax),
+                                (None, axes.LENGTH), pdtype)
+        values = (jnp.asarray(init_values, dtype) + delta.astype(dtype)) * jnp.asarray(
+            np.arange(lmax)[None] < lengths[:, None], dtype)
+        best, _, _ = shapelet_filter(x, valid.sum(-1), values, lengths, channels, starts, window=cfg.window,
+                                     max_ci=cfg.max_ci)
+        # Per-shapelet Linear(L -> d) for the window and for the shapelet (weights beyond L unused: zero inputs).
+        init = nn.initializers.lecun_normal()
+        w_win = param_with_axes(self, "window_proj", init, (s_count, lmax, d), (None, axes.LENGTH, axes.EMBED), pdtype)
+        w_sh = param_with_axes(self, "shapelet_proj", init, (s_count, lmax, d), (None, axes.LENGTH, axes.EMBED), pdtype)
+        b_win = param_with_axes(self, "window_proj_bias", nn.initializers.zeros, (s_count, d), (None, axes.EMBED), pdtype)
+        b_sh = param_with_axes(self, "shapelet_proj_bias", nn.initializers.zeros, (s_count, d), (None, axes.EMBED),
+                               pdtype)
+        tok = (jnp.einsum("bsl,sld->bsd", best, w_win.astype(dtype)) + b_win.astype(dtype)
+               - (jnp.einsum("sl,sld->sd", values, w_sh.astype(dtype)) + b_sh.astype(dtype))[None])
+        # Position embeddings of (channel, start, end) (the authors' one-hot vectors through Linear layers).
+        emb = lambda name, n: param_with_axes(self, name, nn.initializers.normal(0.02), (n, d),
+                                              (None, axes.EMBED), pdtype).astype(dtype)
+        tok = tok + (emb("channel_embed", cfg.num_channels)[channels] + emb("start_embed", cfg.max_len)[starts]
+                     + emb("end_embed", cfg.max_len + 1)[starts + lengths])[None]
+        sw = jnp.asarray(cfg.shapelet_weights, dtype) + param_with_axes(
+            self, "shapelet_weight_offsets", nn.initializers.zeros, (s_count,), (None,), pdtype).astype(dtype)
+        # One post-LN layer, attention and FFN outputs scaled per token by the shapelet weights.
+        blk_attn = self._sublayers(d)
+        h = blk_attn(tok, sw, det)
+        return h[:, 0]
+
+    def _sublayers(self, d):
+        return _WeightedPostLN(self.config, d, name="shapelet_block")
+
+
+class _WeightedPostLN(nn.Module):
+    """x <- LN(sw * (x + Attn(x))); x <- LN(x + FFN(x)) * sw (the authors' order of scaling and norms)."""
+    config: ShapeFormerConfig
+    dim: int
+
+    @nn.compact
+    def __call__(self, x, sw, det):
+        from fintrans.layers import MLP, MultiHeadAttention
+        cfg = self.config
+        dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
+        w = sw[None, :, None]
+        a = MultiHeadAttention(num_heads=cfg.num_heads, head_dim=self.dim // cfg.num_heads, use_bias=True,
+                               dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, dtype=dtype,
+                               param_dtype=pdtype, name="attention")(x, deterministic=det)
+        x = LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="attention_norm")((x + a) * w)
+        f = MLP(cfg.mlp_dim, activation=cfg.activation, use_bias=True, dropout_rate=cfg.dropout_rate, dtype=dtype,
+                param_dtype=pdtype, name="mlp")(x, deterministic=det)
+        f = nn.Dropout(cfg.dropout_rate)(f, deterministic=det)
+        x = LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="mlp_norm")(x + f)
+        return x * w
+
+
+register("shapeformer", ShapeFormerConfig, ShapeFormer)

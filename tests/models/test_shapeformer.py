@@ -1,0 +1,156 @@
+"""ShapeFormer and its data-side shapelet discovery: PIP selection, best-match distances, information
+gain and the model's shapelet filter against brute-force numpy; padding invariance."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from fintrans.data import shapelets as sh
+from fintrans.models.shapeformer import shapelet_filter
+from model_cases import built, jit
+
+
+def _pips_brute(ts, num):
+    """The authors' loop, literally: every remaining point against the line through its neighbours."""
+    n = len(ts)
+    xz = (np.arange(n) - np.arange(n).mean()) / np.arange(n).std()
+    pips, order = [0, n - 1], [0, n - 1]
+    while len(order) < num:
+        best, best_d = -1, -1.0
+        for j in range(1, n - 1):
+            if j in pips:
+                continue
+            right = min(p for p in pips if p > j)
+            left = max(p for p in pips if p < j)
+            a = (ts[right] - ts[left]) / (xz[right] - xz[left])
+            c = ts[right] - xz[right] * a
+            d = abs(-ts[j] + a * xz[j] + c) / (a * a + 1) ** 0.5
+            if d > best_d:
+                best, best_d = j, d
+        pips = sorted(pips + [best])
+        order.append(best)
+    return order
+
+
+def test_pip_order_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for n in (5, 9, 17, 30):
+        ts = rng.normal(size=n).cumsum()
+        num = min(n, 7)
+        assert sh.pip_order(ts, num) == _pips_brute(ts, num)
+    # Candidates: each new PIP's spans to its neighbours (and the neighbours' spans across it).
+    ts = rng.normal(size=20)
+    order = sh.pip_order(ts, 5)
+    cands = sh.pip_candidates(ts, 0.2)
+    first = sorted(order[:3])
+    assert cands[0] == (first[0], first[2])
+    assert all(0 <= a < b <= 19 and a in order and b in order for a, b in cands)
+
+
+def test_best_match_and_info_gain_match_brute_force():
+    rng = np.random.default_rng(1)
+    s, z = rng.normal(size=4), rng.normal(size=15)
+    ci = lambda v: np.sqrt(np.sum(np.diff(v) ** 2) + 1e-3)
+    brute = [(np.linalg.norm(s - z[p:p + 4]) * max(ci(s), ci(z[p:p + 4])) / min(ci(s), ci(z[p:p + 4])), p)
+             for p in range(3, 9 - 4 + 1)]
+    d, p = sh.best_match(s, z, 3, 9)
+    assert p == min(brute)[1] and np.isclose(d, min(brute)[0])
+    assert sh.best_match(s, z, 5, 8) == (np.inf, -1)
+    dist, y = rng.normal(size=12), rng.random(12) < 0.4
+
+    def h(v):
+        p = v.mean() if len(v) else 0.0
+        return 0.0 if p in (0.0, 1.0) else -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+    gains = [h(y) - (np.sum(dist <= t) * h(y[dist <= t]) + np.sum(dist > t) * h(y[dist > t])) / 12
+             for t in np.sort(dist)[:-1]]
+    assert np.isclose(sh.info_gain(dist, y), max(gains))
+
+
+def test_discover_finds_the_class_specific_bump():
+    """Class 1 alone has a bump on channel 1: its best shapelet lies there and separates perfectly."""
+    rng = np.random.default_rng(2)
+    series, labels = [], []
+    for i in range(12):
+        x = rng.normal(scale=0.1, size=(24, 2))
+        if i % 2:
+            x[10:15, 1] += np.array([0.0, 2.0, 4.0, 2.0, 0.0])
+        series.append(x)
+        labels.append(i % 2)
+    found = sh.discover(series, np.array(labels), per_class=1, window=3)
+    again = sh.discover(series, np.array(labels), per_class=1, window=3)
+    np.testing.assert_array_equal(found.values, again.values)
+    k = int(np.flatnonzero(found.classes == 1)[0])
+    assert found.channels[k] == 1 and 6 <= found.starts[k] <= 14 and np.isclose(found.gains[k], 1.0)
+    for v, n, c, st in zip(found.values, found.lengths, found.channels, found.starts):  # real subsequences
+        assert any(np.allclose(s[st:st + n, c], v[:n]) for s in series)
+    cfg = found.as_config()
+    assert len(cfg["shapelets"]) == len(found.lengths) == len(cfg["shapelet_channels"])
+
+
+@functools.lru_cache(maxsize=None)
+def _filter_fn(window, max_ci, lengths, channels, starts):
+    return jit(lambda x, n, v: shapelet_filter(x, n, v, np.array(lengths), np.array(channels), np.array(starts),
+                                               window=window, max_ci=max_ci))
+
+
+def test_shapelet_filter_matches_numpy():
+    rng = np.random.default_rng(3)
+    lengths, channels, starts = (3, 5, 4), (0, 2, 1), (1, 6, 0)
+    window, max_ci, t = 2, 3.0, 12
+    values = np.zeros((3, 5), np.float32)
+    for i, n in enumerate(lengths):
+        values[i, :n] = rng.normal(size=n)
+    valid_len = np.array([12, 7, 3])
+    x = rng.normal(size=(3, t, 3)).astype(np.float32) * (np.arange(t)[None, :, None] < valid_len[:, None, None])
+    best, dist, pos = _filter_fn(window, max_ci, lengths, channels, starts)(x, valid_len, values)
+    ci = lambda v: np.sqrt(np.sum(np.diff(v) ** 2) + 1e-3)
+    for b in range(3):
+        for s, (n, c, st) in enumerate(zip(lengths, channels, starts)):
+            v = values[s, :n].astype(np.float64)
+            cands = []
+            for p in range(max(0, st - window), st + window + 1):
+                if p + n > valid_len[b]:
+                    continue
+                w = x[b, p:p + n, c].astype(np.float64)
+                cands.append((np.mean((w - v) ** 2) * min(max_ci, max(ci(w), ci(v)) / min(ci(w), ci(v))), p))
+            if cands:
+                d, p = min(cands)
+                assert int(pos[b, s]) == p and np.isclose(float(dist[b, s]), d, rtol=1e-4)
+            else:  # series too short: the clipped start, padding read as zeros
+                p = min(st, max(valid_len[b] - n, 0))
+                assert int(pos[b, s]) == p
+            np.testing.assert_allclose(best[b, s, :n], x[b, p:p + n, c], atol=1e-6)
+            np.testing.assert_array_equal(np.asarray(best[b, s, n:]), 0)
+
+
+def test_padded_steps_do_not_change_outputs():
+    b = built("shapeformer")
+    batch = b.case.make_batch(np.random.default_rng(6))
+    mask = batch["mask"]
+    assert not mask.all()
+    logits = b.forward(b.params, batch)
+    noisy = dict(batch, inputs=np.where(mask[..., None], batch["inputs"],
+                                        np.random.default_rng(7).normal(size=batch["inputs"].shape) * 50)
+                 .astype(np.float32))
+    np.testing.assert_allclose(b.forward(b.params, noisy), logits, atol=1e-5)
+    row = int(np.argmin(mask.sum(1)))
+    n = int(mask[row].sum())
+    alone = b.model.apply(b.params, {"inputs": batch["inputs"][row:row + 1, :n]})
+    np.testing.assert_allclose(alone[0], logits[row], atol=1e-5)
+
+
+def test_config_without_shapelets_is_the_generic_branch_alone():
+    import jax
+    import flax.linen as nn
+    from fintrans.models.shapeformer import ShapeFormer
+    b = built("shapeformer")
+    cfg = b.config.replace(shapelets=(), shapelet_channels=(), shapelet_starts=(), shapelet_weights=())
+    variables = jax.eval_shape(ShapeFormer(cfg).init, jax.random.PRNGKey(0), b.batch)
+    names = set(nn.unbox(variables)["params"])
+    assert "shapelet_block" not in names and "shapelet_offsets" not in names and "generic_block" in names
+    assert nn.unbox(variables)["params"]["head"]["kernel"].shape == (cfg.generic_embed_dim, cfg.num_classes)
+    with pytest.raises(ValueError, match="shapelet_weights"):
+        b.config.replace(shapelet_weights=(0.5,))
