@@ -24,7 +24,9 @@ _MODEL_MODULES = (
     "fintrans.models.itransformer",
     "fintrans.models.time2vec_encoder",
     "fintrans.models.t2",
+    "fintrans.models.shapeformer",
     "fintrans.models.lmuformer",
+    "fintrans.models.sansformer",
     "fintrans.models.flatformer",
 )
 
