@@ -1,0 +1,95 @@
+"""SANSformer: causal token mixing (future visits never change past outputs), its init, GSP outputs
+against the next-visit targets, and the GSP -> fine-tuning parameter transfer."""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fintrans import tasks
+from fintrans.data.builders.patient_visits import gsp_targets
+from fintrans.models.sansformer import CausalTokenMixing, SANSformer, SANSformerConfig, transfer_backbone
+from model_cases import jit
+
+TINY = dict(seq_len=10, num_features=7, num_classes=3, embed_dim=16, hidden_dim=24, num_layers=2)
+
+
+@functools.lru_cache(maxsize=None)
+def _built(mode):
+    model = SANSformer(SANSformerConfig(mode=mode, **TINY))
+    x = np.zeros((2, 10, 7), np.float32)
+    params = nn.unbox(jit(model.init)(jax.random.PRNGKey(0), {"inputs": x}))
+    # Random (not ≈0) token-mixing weights, so the causality checks see real mixing.
+    key = iter(jax.random.split(jax.random.PRNGKey(1), 8))
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: jax.random.normal(next(key), v.shape) if "token_mixing" in jax.tree_util.keystr(p)
+        and "kernel" in jax.tree_util.keystr(p) else v, params)
+    return model, params, jit(lambda p, x: model.apply(p, {"inputs": x}))
+
+
+def test_token_mixing_is_causal_and_starts_near_the_bias():
+    rng = np.random.default_rng(0)
+    mix = CausalTokenMixing(6, jnp.float32, jnp.float32)
+    x = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    params = nn.unbox(mix.init(jax.random.PRNGKey(0), x))
+    w = params["params"]["kernel"] - 1e-3 / 6
+    assert np.abs(w).max() <= 1e-3 / 6 and np.abs(w).max() > 0
+    np.testing.assert_allclose(mix.apply(params, x), np.tril(w) @ x + 1.0, rtol=1e-5, atol=1e-6)
+    # The masked upper triangle gets no gradient; every visit t reads visits <= t only.
+    g = jax.grad(lambda p: jnp.sum(mix.apply(p, x) ** 2))(params)["params"]["kernel"]
+    g = np.asarray(g)
+    assert np.all(np.triu(g, 1) == 0) and np.all(g[np.tril_indices(6)] != 0)
+
+
+@pytest.mark.parametrize("mode", ["gsp", "classify"])
+def test_future_visits_do_not_change_past_outputs(mode):
+    model, params, apply = _built(mode)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 10, 7)).astype(np.float32)
+    k = int(rng.integers(2, 8))
+    y = x.copy()
+    y[:, k:] = rng.normal(size=y[:, k:].shape)
+    a, b = apply(params, x), apply(params, y)
+    if mode == "gsp":  # output t predicts visit t+1 from visits <= t
+        assert a.shape == (2, 9, 7)
+        np.testing.assert_allclose(a[:, :k], b[:, :k], atol=1e-5)
+        assert not np.allclose(a[:, k:], b[:, k:], atol=1e-3)
+    else:  # the classifier reads the last visit, which sees the whole history
+        assert a.shape == (2, 3) and not np.allclose(a, b, atol=1e-4)
+        z = x.copy()
+        z[:, 0] = rng.normal(size=z[:, 0].shape)
+        assert not np.allclose(apply(params, z), a, atol=1e-4)
+
+
+def test_gsp_loss_is_next_visit_mse():
+    model, params, apply = _built("gsp")
+    x = np.random.default_rng(2).normal(size=(2, 10, 7)).astype(np.float32)
+    batch = {"inputs": x, "targets": gsp_targets(x)}
+    np.testing.assert_array_equal(batch["targets"][:, 3], x[:, 4])
+    task = tasks.get("forecasting")
+    task.check_batch(batch)
+    pred = apply(params, x)
+    loss, metrics = task.loss_and_metrics(pred, batch)
+    np.testing.assert_allclose(loss, np.mean((np.asarray(pred) - x[:, 1:]) ** 2), rtol=1e-5)
+
+
+def test_transfer_backbone_copies_all_but_the_head():
+    _, pretrained, _ = _built("gsp")
+    model, fresh, apply = _built("classify")
+    moved = transfer_backbone(pretrained, fresh)
+    flat_p = dict(jax.tree_util.tree_leaves_with_path(pretrained))
+    for path, v in jax.tree_util.tree_leaves_with_path(moved):
+        key = jax.tree_util.keystr(path)
+        if "'head'" in key:
+            np.testing.assert_array_equal(v, dict(jax.tree_util.tree_leaves_with_path(fresh))[path])
+        else:
+            np.testing.assert_array_equal(v, flat_p[path])
+    assert apply(moved, np.ones((2, 10, 7), np.float32)).shape == (2, 3)
+    wider = nn.unbox(SANSformer(SANSformerConfig(mode="classify", **{**TINY, "hidden_dim": 8})).init(
+        jax.random.PRNGKey(0), {"inputs": np.zeros((2, 10, 7), np.float32)}))
+    with pytest.raises(ValueError, match=r"sansformer: parameter block_0/\S+ has shape \(24"):
+        transfer_backbone(pretrained, wider)
