@@ -7,6 +7,8 @@ Launch (CPU, a few minutes; scenes subsampled to 2,048 points each, a smaller mo
 Full run (every point, max_points=30000; the paper's Waymo backbone: window 13x13, groups of 144,
 128 channels, 8 heads, 2 blocks of 4 orderings; an accelerator):
   python -m experiments.main --config=experiments/configs/flatformer_scenes.py --workdir=/tmp/ff_full
+`max_points=N` in the argument (e.g. `:runlocal,max_points=512`, as the config smoke test runs it)
+pads or subsamples every scene to N points instead.
 """
 from experiments.configs.common import parse_arg
 from fintrans.data.builders import synthetic_scenes
@@ -14,7 +16,7 @@ from fintrans.train.config import default_config, model_fields
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, runlocal=False)
+    arg = parse_arg(arg, runlocal=False, max_points=0)
     c = default_config()
     c.task = "segmentation"
     c.data.name = "synthetic_scenes"
@@ -46,4 +48,6 @@ def get_config(arg=None):
         c.log_every = 25
         c.eval_every = 150
         c.checkpoint_every = 150
+    if arg.max_points:
+        c.data.max_points = arg.max_points
     return c
