@@ -26,7 +26,7 @@ RUNLOCAL = [
     ("time2vec_stocks", "runlocal", 40),
     ("lmuformer_digits", "runlocal", 80),
     ("t2_uea", "runlocal", 60),
-    ("flatformer_scenes", "runlocal", 30),
+    ("flatformer_scenes", "runlocal,max_points=512", 30),
 ]
 
 
