@@ -5,4 +5,4 @@ from fintrans.data.builders import (chars, digits, finai_sentences, seattle_weat
 SPECS = {spec.name: spec for spec in (chars.SPEC, digits.SPEC, sp500.SPEC, finai_sentences.SPEC,
                                       synthetic_scenes.SPEC,
                                       stocks.SPEC, seattle_weather.SPEC, uea.BASIC_MOTIONS,
-                                      uea.JAPANESE_VOWELS)}
+                                      uea.JAPANESE_VOWELS, patient_visits.SPEC)}
