@@ -13,6 +13,7 @@ SMALL_CONFIGS = {
     "basic_motions": {"name": "basic_motions"},
     "japanese_vowels": {"name": "japanese_vowels"},
     "synthetic_scenes": {"name": "synthetic_scenes", "max_points": 4096},
+    "patient_visits": {"name": "patient_visits", "gsp": 0},
 }
 
 

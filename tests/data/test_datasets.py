@@ -25,8 +25,8 @@ def _one_batch(ds, split="train", batch_size=8, **kw):
 
 
 def test_names():
-    assert fd.names() == ["basic_motions", "chars", "digits", "finai_sentences", "japanese_vowels", "seattle_weather", "sp500",
-                          "stocks", "synthetic_scenes"]
+    assert fd.names() == ["basic_motions", "chars", "digits", "finai_sentences", "japanese_vowels", "patient_visits",
+                          "seattle_weather", "sp500", "stocks", "synthetic_scenes"]
 
 
 def test_no_tensorflow_is_imported(load):
