@@ -11,10 +11,12 @@
    others: the best information gain of a threshold split, one class against the rest.
    The distance is the complexity-invariant one the authors use:
        d = min_p ||s - x[p:p+L]|| * max(CI_s, CI_x) / min(CI_s, CI_x),  CI(z) = sqrt(sum diff(z)^2 + 1e-3).
-3. Per class the `per_class` highest-gain candidates are kept (ties broken by position, exact
-   duplicates dropped).
+3. Per class the `per_class` highest-gain candidates are kept (ties go to the shorter candidate, then
+   the earlier series, channel and start; exact duplicates dropped). Candidates longer than half
+   their series are skipped.
 
-`discover(series, labels, ...)` returns a `Shapelets` record of fixed-size arrays (values padded to the
+`score_candidates` does the scoring (the expensive part; ~10 s for BasicMotions' 32 training series),
+`select` the choice per class; `discover(series, labels, ...)` = both, and returns a `Shapelets` record of fixed-size arrays (values padded to the
 longest shapelet, with lengths) that ShapeFormer takes as a config field (`Shapelets.as_config()`).
 """
 from __future__ import annotations
@@ -151,12 +153,21 @@ def _match_all(s: np.ndarray, X: np.ndarray, lengths: np.ndarray, lo: int, hi: i
     return np.min(np.where(fits, d, np.inf), axis=1)
 
 
-def discover(series: Sequence[np.ndarray], labels: np.ndarray, *, per_class: int = 2, window: int = 20,
-             pip_fraction: float = 0.2, min_len: int = 3, max_len_fraction: float = 0.5) -> Shapelets:
-    """Shapelets of a training split. `series`: float [length_i, channels] each (valid steps only);
-    `labels`: int [N]. Candidates longer than max_len_fraction of their series are skipped (the PIP
-    candidates of the first few PIPs span most of the series and are not local shapes). Among equal
-    gains the shorter candidate wins, then the earlier series, channel and start."""
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+    """Every scored PIP candidate of a training split: rows (gain, length, series, channel, start, class),
+    best first within each class, plus the series they came from."""
+    rows: tuple
+    series: tuple
+
+
+def score_candidates(series: Sequence[np.ndarray], labels: np.ndarray, *, window: int = 20,
+                     pip_fraction: float = 0.2, min_len: int = 3, max_len_fraction: float = 0.5) -> Candidates:
+    """Scores the PIP candidates of every training series and channel (the expensive half of `discover`).
+    `series`: float [length_i, channels] each (valid steps only); `labels`: int [N]. Candidates longer
+    than max_len_fraction of their series are skipped (the spans of the first PIPs cover most of the
+    series and are not local shapes). Order within a class: higher gain, then shorter, then earlier
+    series, channel and start."""
     series = [np.asarray(s, np.float64) for s in series]
     labels = np.asarray(labels)
     if len(series) != len(labels) or not series:
@@ -168,7 +179,7 @@ def discover(series: Sequence[np.ndarray], labels: np.ndarray, *, per_class: int
     X = np.zeros((len(series), lengths.max(), channels))
     for i, s in enumerate(series):
         X[i, :len(s)] = s
-    picked = []
+    rows = []
     for cls in np.unique(labels):
         scored = []
         for r in np.flatnonzero(labels == cls):
@@ -181,17 +192,25 @@ def discover(series: Sequence[np.ndarray], labels: np.ndarray, *, per_class: int
                     dists[r] = 0.0
                     finite = np.isfinite(dists)
                     dists = np.where(finite, dists, (dists[finite].max() if finite.any() else 0.0) + 1.0)
-                    scored.append((info_gain(dists, labels == cls), end - start, int(r), c, start))
+                    scored.append((info_gain(dists, labels == cls), end - start, int(r), c, start, int(cls)))
         scored.sort(key=lambda t: (-round(t[0], 9), t[1], t[2], t[3], t[4]))
-        seen = set()
-        for gain, n, r, c, start in scored:
-            key = (c, tuple(np.round(series[r][start:start + n, c], 6)))
-            if key in seen:
-                continue
-            seen.add(key)
-            picked.append((gain, r, c, start, start + n, int(cls)))
-            if sum(p[5] == cls for p in picked) >= per_class:
-                break
+        rows.extend(scored)
+    return Candidates(rows=tuple(rows), series=tuple(series))
+
+
+def select(candidates: Candidates, per_class: int) -> Shapelets:
+    """The `per_class` best candidates of each class (exact duplicates on a channel dropped)."""
+    series = candidates.series
+    picked, seen, count = [], set(), {}
+    for gain, n, r, c, start, cls in candidates.rows:
+        if count.get(cls, 0) >= per_class:
+            continue
+        key = (c, tuple(np.round(series[r][start:start + n, c], 6)))
+        if key in seen:
+            continue
+        seen.add(key)
+        picked.append((gain, r, c, start, start + n, cls))
+        count[cls] = count.get(cls, 0) + 1
     if not picked:
         raise ValueError("shapelets: no candidate of at least min_len steps; lower min_len or pip_fraction")
     max_len = max(p[4] - p[3] for p in picked)
@@ -201,3 +220,8 @@ def discover(series: Sequence[np.ndarray], labels: np.ndarray, *, per_class: int
     return Shapelets(values=values, lengths=np.array([p[4] - p[3] for p in picked]),
                      channels=np.array([p[2] for p in picked]), starts=np.array([p[3] for p in picked]),
                      classes=np.array([p[5] for p in picked]), gains=np.array([p[0] for p in picked]))
+
+
+def discover(series: Sequence[np.ndarray], labels: np.ndarray, *, per_class: int = 2, **kwargs) -> Shapelets:
+    """Shapelets of a training split: `select(score_candidates(series, labels, **kwargs), per_class)`."""
+    return select(score_candidates(series, labels, **kwargs), per_class)
