@@ -1,0 +1,51 @@
+r"""SANSformer (Kumar et al., 2108.13672) on synthetic patient visit histories (`patient_visits`).
+
+Two stages, as the paper: Generative Summary Pretraining (`stage=gsp`: predict each next visit's feature
+vector, forecasting task, MSE) and fine-tuning for future utilisation (`stage=finetune`: the number of
+visits in the next year in three buckets, classification task). The trainer has no option to start from
+another run's parameters yet; `fintrans.models.sansformer.transfer_backbone` does the hand-over in code.
+
+Launch (CPU, about a minute each):
+  python -m experiments.main --config=experiments/configs/sansformer_visits.py:runlocal --workdir=/tmp/sansformer_visits
+  python -m experiments.main --config=experiments/configs/sansformer_visits.py:stage=gsp,runlocal --workdir=/tmp/sansformer_gsp
+Full runs:
+  python -m experiments.main --config=experiments/configs/sansformer_visits.py:stage=gsp --workdir=/tmp/sansformer_gsp_full
+  python -m experiments.main --config=experiments/configs/sansformer_visits.py --workdir=/tmp/sansformer_visits_full
+"""
+from experiments.configs.common import parse_arg
+from fintrans.data.builders import patient_visits as pv
+from fintrans.train.config import default_config, model_fields
+
+STAGES = {"finetune": ("classification", "classify", 0), "gsp": ("forecasting", "gsp", 1)}
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, runlocal=False, stage="finetune")
+    if arg.stage not in STAGES:
+        raise ValueError(f"stage={arg.stage!r} is not valid; choose from {sorted(STAGES)}")
+    task, mode, gsp = STAGES[arg.stage]
+    c = default_config()
+    c.task = task
+    c.data.name = "patient_visits"
+    c.data.gsp = gsp
+    sizes = dict(seq_len=pv.HISTORY_LEN, num_features=pv.NUM_FEATURES, num_classes=pv.NUM_CLASSES, mode=mode)
+    c.model = model_fields("sansformer", embed_dim=64, hidden_dim=128, num_layers=4, dropout_rate=0.1, **sizes)
+    c.batch_size = 64
+    c.eval_batch_size = 128
+    c.total_steps = 3000
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.warmup_steps = 150
+    c.optimizer.weight_decay = 0.01
+    c.log_every = 50
+    c.eval_every = 500
+    c.checkpoint_every = 1000
+    c.sample.num_examples = 8
+    if arg.runlocal:
+        c.model = model_fields("sansformer", embed_dim=32, hidden_dim=64, num_layers=2, **sizes)
+        c.total_steps = 300
+        c.optimizer.learning_rate = 3e-3
+        c.optimizer.warmup_steps = 30
+        c.log_every = 25
+        c.eval_every = 150
+        c.checkpoint_every = 150
+    return c
