@@ -45,6 +45,8 @@ BASE_RATE = 1.0 / 60.0  # visits per day for frailty 1, no conditions, age 18
 FUTURE_DAYS = 365
 LABEL_EDGES = (10, 25)  # future_visits < 10 -> 0, < 25 -> 1, else 2 (about tertiles)
 NUM_CLASSES = len(LABEL_EDGES) + 1
+FEATURE_NAMES = ([f"diagnosis_{i}" for i in range(NUM_DIAGNOSES)] + [f"procedure_{i}" for i in range(NUM_PROCEDURES)]
+                 + ["age", "log_gap"])
 
 
 def patient_rng(split: str, index: int) -> np.random.Generator:
@@ -147,8 +149,11 @@ def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
         else:
             sources[split] = ArraySource({"inputs": inputs,
                                           "label": np.asarray([r["label"] for r in recs], np.int32)})
-    return Loaded(sources=sources, info={"num_classes": NUM_CLASSES, "history_len": HISTORY_LEN,
-                                         "num_features": NUM_FEATURES, "gsp": gsp})
+    info = {"num_classes": NUM_CLASSES, "history_len": HISTORY_LEN, "num_features": NUM_FEATURES, "gsp": gsp,
+            "channels": FEATURE_NAMES}
+    if gsp:  # what the forecasting sampler reads: the features are shown as they are (no normalisation)
+        info.update(mean=np.zeros(NUM_FEATURES, np.float32), std=np.ones(NUM_FEATURES, np.float32))
+    return Loaded(sources=sources, info=info)
 
 
 SPEC = DatasetSpec(name="patient_visits", builder=PatientVisits,
