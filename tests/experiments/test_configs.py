@@ -25,6 +25,8 @@ RUNLOCAL = [
     ("itransformer_sp500", "runlocal", 40),
     ("time2vec_stocks", "runlocal", 40),
     ("lmuformer_digits", "runlocal", 80),
+    ("sansformer_visits", "runlocal", 80),
+    ("sansformer_visits", "stage=gsp,runlocal", 30),
     ("t2_uea", "runlocal", 60),
     ("flatformer_scenes", "runlocal,max_points=512", 30),
 ]
