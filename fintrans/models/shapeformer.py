@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fintrans import axes
-from fintrans.layers import Dense, LayerNorm, TransformerBlock, param_with_axes, pool
+from fintrans.layers import MLP, Dense, LayerNorm, MultiHeadAttention, TransformerBlock, param_with_axes, pool
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.models import register
 from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
@@ -162,7 +162,6 @@ class ShapeFormer(nn.Module):
         dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
         det = not train
         x = jnp.where(valid[..., None], x.astype(dtype), 0)
-        b, t, c = x.shape
         features = [self._generic(x, valid, det)]
         if cfg.num_shapelets:
             features.insert(0, self._class_specific(x, valid, det))
@@ -235,12 +234,8 @@ class ShapeFormer(nn.Module):
         sw = jnp.asarray(cfg.shapelet_weights, dtype) + param_with_axes(
             self, "shapelet_weight_offsets", nn.initializers.zeros, (s_count,), (None,), pdtype).astype(dtype)
         # One post-LN layer, attention and FFN outputs scaled per token by the shapelet weights.
-        blk_attn = self._sublayers(d)
-        h = blk_attn(tok, sw, det)
+        h = _WeightedPostLN(cfg, d, name="shapelet_block")(tok, sw, det)
         return h[:, 0]
-
-    def _sublayers(self, d):
-        return _WeightedPostLN(self.config, d, name="shapelet_block")
 
 
 class _WeightedPostLN(nn.Module):
@@ -250,7 +245,6 @@ class _WeightedPostLN(nn.Module):
 
     @nn.compact
     def __call__(self, x, sw, det):
-        from fintrans.layers import MLP, MultiHeadAttention
         cfg = self.config
         dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
         w = sw[None, :, None]
