@@ -28,6 +28,7 @@ RUNLOCAL = [
     ("sansformer_visits", "runlocal", 80),
     ("sansformer_visits", "stage=gsp,runlocal", 30),
     ("t2_uea", "runlocal", 60),
+    ("shapeformer_uea", "runlocal", 60),
     ("flatformer_scenes", "runlocal,max_points=512", 30),
 ]
 
