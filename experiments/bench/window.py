@@ -248,25 +248,25 @@ def layer_norm(x, scale):
     return ((x32 - mu) * jax.lax.rsqrt(var + 1e-5)).astype(x.dtype) * scale
 
 
-def layer(params, x, pe, heads, attend):
-    """Post-LN transformer layer on tokens [N, C]; attend(q, k, v) maps [N, H, D] -> [N, H, D]."""
+def layer(params, x, pe, index, heads, attend):
+    """Post-LN transformer layer on tokens [N, C]; attend(q, k, v, index) maps [N, H, D] ->
+    [N, H, D] (index: the partition's arrays, passed as arguments rather than baked in)."""
     n, c = x.shape
     split = lambda t: t.reshape(n, heads, c // heads)
     qk_in = x + pe
-    a = attend(split(qk_in @ params["wq"]), split(qk_in @ params["wk"]), split(x @ params["wv"]))
+    a = attend(split(qk_in @ params["wq"]), split(qk_in @ params["wk"]), split(x @ params["wv"]), index)
     x = layer_norm(x + a.reshape(n, c) @ params["wo"], params["ln1"])
     return layer_norm(x + jax.nn.gelu(x @ params["w1"]) @ params["w2"], params["ln2"])
 
 
-def flat_attend(plan):
-    def attend(q, k, v):
-        out = fw.grouped_attention(*(fw.group_tokens(t, plan) for t in (q, k, v)))
-        return fw.ungroup_tokens(out, plan)
-    return attend
+def flat_attend(q, k, v, plan):
+    out = fw.grouped_attention(*(fw.group_tokens(t, plan) for t in (q, k, v)))
+    return fw.ungroup_tokens(out, plan)
 
 
-def padded_attend(gather, lengths, pos, m, implementation):
-    def attend(q, k, v):
+def padded_attend(m, implementation):
+    def attend(q, k, v, index):
+        gather, lengths, pos = index
         w = lengths.shape[0]
         q, k, v = (jnp.take(t, gather, axis=0).reshape((w, m) + t.shape[1:]) for t in (q, k, v))
         out = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
@@ -310,27 +310,28 @@ def run_layers(report, cfg, platform):
     sst_impl = "xla"
     if platform == "gpu":  # cuDNN takes the padded windows' lengths when it accepts the shape
         try:
-            attend = padded_attend(gather, lengths, pos, m, "cudnn")
-            jax.block_until_ready(jax.jit(lambda x: layer(params, x, pe, heads, attend))(x))
+            attend = padded_attend(m, "cudnn")
+            jax.block_until_ready(jax.jit(lambda p, x, pe, i: layer(p, x, pe, i, heads, attend))(
+                params, x, pe, (gather, lengths, pos)))
             sst_impl = "cudnn"
         except Exception as e:
             report.doc["sst_cudnn_error"] = error_text(e)
     variants = {
         "flatformer": (dict(group_size=gs, num_groups=plan.num_groups, attention="grouped_attention(None)"),
-                       flat_attend(plan)),
+                       flat_attend, plan),
         "padded_windows": (dict(max_points_per_window=m, windows=int(lengths.shape[0]),
                                 attention=f"jax.nn.dot_product_attention({sst_impl}, seq lengths)"),
-                           padded_attend(gather, lengths, pos, m, sst_impl)),
+                           padded_attend(m, sst_impl), (gather, lengths, pos)),
     }
     for pass_ in cfg["layer_passes"]:
-        for name, (info, attend) in variants.items():
+        for name, (info, attend, index) in variants.items():
             if pass_ == "fwd":
-                fn = lambda p, x, attend=attend: layer(p, x, pe, heads, attend)
-                args = (params, x)
+                fn = lambda p, x, pe, i, attend=attend: layer(p, x, pe, i, heads, attend)
+                args = (params, x, pe, index)
             else:
-                fn = lambda p, x, ct, attend=attend: jax.vjp(
-                    lambda p, x: layer(p, x, pe, heads, attend), p, x)[1](ct)
-                args = (params, x, ct)
+                fn = lambda p, x, pe, i, ct, attend=attend: jax.vjp(
+                    lambda p, x: layer(p, x, pe, i, heads, attend), p, x)[1](ct)
+                args = (params, x, pe, index, ct)
             measure(report, dict(kind="layer", impl=name, pass_=pass_, **base, **info), fn, args, cfg)
     run_model_layer(report, cfg, base, plan, x, pe)
 
@@ -355,8 +356,8 @@ def run_model_layer(report, cfg, base, plan, x, pe):
         row["error"] = error_text(e)
         report.add(row)
         return
-    measure(report, row, lambda p, xb, plan: mod.apply(p, xb, peb, plan, deterministic=True),
-            (params, xb, plan), cfg)
+    measure(report, row, lambda p, xb, peb, plan: mod.apply(p, xb, peb, plan, deterministic=True),
+            (params, xb, peb, plan), cfg)
 
 
 # ---------------------------------------------------------------------------------------------
