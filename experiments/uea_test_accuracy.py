@@ -30,10 +30,10 @@ OUTPUT = flags.DEFINE_string("output", "", "also write the table (markdown) to t
 
 # (config name, dataset) -> published test accuracy, with its source; "unknown" where we could not read one.
 PUBLISHED = {
-    ("t2_uea", "basic_motions"): "not reported (the t2 paper evaluates on PLAsTiCC)",
-    ("t2_uea", "japanese_vowels"): "not reported (the t2 paper evaluates on PLAsTiCC)",
-    ("shapeformer_uea", "basic_motions"): "unknown here (paper table not available offline)",
-    ("shapeformer_uea", "japanese_vowels"): "unknown here (paper table not available offline)",
+    ("t2_uea", "basic_motions"): "unknown (PAPERS.md gives PLAsTiCC figures only)",
+    ("t2_uea", "japanese_vowels"): "unknown (PAPERS.md gives PLAsTiCC figures only)",
+    ("shapeformer_uea", "basic_motions"): "unknown (paper table not available offline)",
+    ("shapeformer_uea", "japanese_vowels"): "unknown (paper table not available offline)",
 }
 
 CAVEAT = ("Training uses the datasets' `train` split, 80% of the official TRAIN file (the other 20% is the "
