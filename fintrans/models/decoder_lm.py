@@ -120,13 +120,17 @@ def set_cache_index(cache, index: jax.Array):
 def _check_prompt_lengths(prompt_lengths, batch: int, prompt_len: int) -> jax.Array:
     lengths = jnp.asarray(prompt_lengths)
     if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise ValueError(f"generate: prompt_lengths must be int [batch={batch}], got {lengths.dtype}{list(lengths.shape)}")
-    if not isinstance(lengths, jax.core.Tracer):  # values are checkable outside jit only
+        raise ValueError(f"generate: prompt_lengths must be int [batch={batch}], "
+                         f"got {lengths.dtype}{list(lengths.shape)}")
+    try:
         values = np.asarray(lengths)
+    except jax.errors.TracerArrayConversionError:  # traced under jit: values unknown until it runs
+        values = None
+    if values is not None:
         if values.min() < 1 or values.max() > prompt_len:
             raise ValueError(f"generate: prompt_lengths must be within 1..{prompt_len} (the prompt's width), "
                              f"got {values.tolist()}")
-    return lengths.astype(jnp.int32)
+    return jnp.clip(lengths, 1, prompt_len).astype(jnp.int32)  # under jit, out-of-range values are clipped
 
 
 def generate(config: DecoderLMConfig, params, prompt: jax.Array, num_tokens: int, rng: jax.Array, *,
