@@ -59,8 +59,7 @@ MAX_GROUP_SIZE = 1024  # the grouped-attention kernels keep a whole group in fas
 
 def grouped_impls() -> tuple[str, ...]:
     """attention_impl values that run fintrans.ops.flat_window.grouped_attention."""
-    impls = getattr(flat_window, "IMPLEMENTATIONS", None)
-    return tuple(impls if impls is not None else flat_window.implementations())
+    return tuple(flat_window.IMPLEMENTATIONS)
 
 
 def over_groups_impls() -> tuple[str, ...]:
