@@ -2,28 +2,34 @@ r"""SANSformer (Kumar et al., 2108.13672) on synthetic patient visit histories (
 
 Two stages, as the paper: Generative Summary Pretraining (`stage=gsp`: predict each next visit's feature
 vector, forecasting task, MSE) and fine-tuning for future utilisation (`stage=finetune`: the number of
-visits in the next year in three buckets, classification task). The trainer has no option to start from
-another run's parameters yet; `fintrans.models.sansformer.transfer_backbone` does the hand-over in code.
+visits in the next year in three buckets, classification task). `pretrained=GSP_WORKDIR` starts fine-tuning
+from the GSP run's latest checkpoint: every parameter but the head (the trainer's warm start, config.init_from).
 
 Launch (CPU, about a minute each):
   python -m experiments.main --config=experiments/configs/sansformer_visits.py:runlocal --workdir=/tmp/sansformer_visits
   python -m experiments.main --config=experiments/configs/sansformer_visits.py:stage=gsp,runlocal --workdir=/tmp/sansformer_gsp
+  python -m experiments.main --config=experiments/configs/sansformer_visits.py:runlocal,pretrained=/tmp/sansformer_gsp \
+      --workdir=/tmp/sansformer_finetuned
 Full runs:
   python -m experiments.main --config=experiments/configs/sansformer_visits.py:stage=gsp --workdir=/tmp/sansformer_gsp_full
-  python -m experiments.main --config=experiments/configs/sansformer_visits.py --workdir=/tmp/sansformer_visits_full
+  python -m experiments.main --config=experiments/configs/sansformer_visits.py:pretrained=/tmp/sansformer_gsp_full \
+      --workdir=/tmp/sansformer_visits_full
 """
 from experiments.configs.common import parse_arg
 from fintrans.data.builders import patient_visits as pv
+from fintrans.models.sansformer import HEAD
 from fintrans.train.config import default_config, model_fields
 
 STAGES = {"finetune": ("classification", "classify", 0), "gsp": ("forecasting", "gsp", 1)}
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, runlocal=False, stage="finetune")
+    arg = parse_arg(arg, runlocal=False, stage="finetune", pretrained="")
     if arg.stage not in STAGES:
         raise ValueError(f"stage={arg.stage!r} is not valid; choose from {sorted(STAGES)}")
     task, mode, gsp = STAGES[arg.stage]
+    if arg.pretrained and arg.stage != "finetune":
+        raise ValueError("pretrained= starts fine-tuning from a GSP run; it needs stage=finetune")
     c = default_config()
     c.task = task
     c.data.name = "patient_visits"
@@ -40,6 +46,8 @@ def get_config(arg=None):
     c.eval_every = 500
     c.checkpoint_every = 1000
     c.sample.num_examples = 8
+    if arg.pretrained:
+        c.init_from, c.init_from_keep_fresh = arg.pretrained, HEAD
     if arg.runlocal:
         c.model = model_fields("sansformer", embed_dim=32, hidden_dim=64, num_layers=2, **sizes)
         c.total_steps = 300

@@ -16,12 +16,11 @@ This is gMLP's spatial gating unit made causal, which the paper adapts to EHR se
 mode='gsp' (pretraining): a linear head at every visit but the last predicts the next visit's feature
 vector (the 'summary' of the future; targets from `patient_visits` with gsp=1, forecasting task, MSE):
 outputs [B, L-1, num_features]. mode='classify' (fine-tuning): final LN, the last visit's vector -> linear
-head -> logits [B, num_classes] (classification task). `transfer_backbone(pretrained, fresh)` copies
-every parameter but the head from a GSP model into a fine-tuning model's parameters.
+head -> logits [B, num_classes] (classification task). The two modes share every parameter but the one
+named HEAD, so fine-tuning starts from a GSP run with the trainer's warm start (config.init_from = the GSP
+run's workdir, config.init_from_keep_fresh = HEAD; experiments/configs/sansformer_visits.py's `pretrained=`).
 Our reading where the summary is ambiguous: the paper's GSP predicts summary statistics of a future
-window; here the window is the next visit (its feature vector). The trainer has no 'initialise from a
-checkpoint' option yet, so the pretrain -> fine-tune hand-over is `transfer_backbone` (tested), not a
-config switch.
+window; here the window is the next visit (its feature vector).
 """
 from __future__ import annotations
 
@@ -30,7 +29,6 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.core import unfreeze
 
 from fintrans import axes
 from fintrans.layers import Dense, LayerNorm, param_with_axes
@@ -38,7 +36,7 @@ from fintrans.models import register
 from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
 
 MODES = ("classify", "gsp")
-HEAD = "head"
+HEAD = "head"  # the only parameters the GSP and fine-tuning models do not share
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,23 +129,3 @@ class SANSformer(nn.Module):
 
 register("sansformer", SANSformerConfig, SANSformer)
 
-
-def transfer_backbone(pretrained: dict, fresh: dict) -> dict:
-    """`fresh` (a model's variables or params) with every parameter but the head taken from `pretrained`
-    (a GSP model's); shapes must match, else a ValueError names the parameter."""
-    def pick(p, f, path=()):
-        if isinstance(f, dict):
-            return {k: (f[k] if (not path and k == HEAD) else pick(p[k], f[k], path + (k,))) if k in p
-                    else _missing(path + (k,)) for k in f}
-        if getattr(p, "shape", None) != getattr(f, "shape", None):
-            raise ValueError(f"sansformer: parameter {'/'.join(path)} has shape {p.shape} in the pretrained model "
-                             f"but {f.shape} in the fine-tuning model")
-        return p
-
-    def _missing(path):
-        raise ValueError(f"sansformer: the pretrained parameters have no {'/'.join(path)}")
-
-    pretrained, fresh = unfreeze(pretrained), unfreeze(fresh)
-    if "params" in fresh:
-        return {**fresh, "params": pick(pretrained["params"], fresh["params"])}
-    return pick(pretrained, fresh)

@@ -1,4 +1,5 @@
-"""Checkpoints of the train state and the data iterator, through one orbax CheckpointManager.
+"""Checkpoints: the train state and the data iterator (`Checkpointer`), the best-evaluated parameters
+(`BestParams`), and reading another run's parameters to start from (`read_params`, `transfer_params`).
 
 Orbax writes each step into a temporary directory and renames it when complete, so a crash
 mid-save never leaves a partial checkpoint as the latest: a checkpoint is whole or absent.
@@ -11,6 +12,7 @@ from typing import Any, Optional
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -53,3 +55,123 @@ class Checkpointer:
 def abstract_like(state: Any) -> Any:
     """ShapeDtypeStructs carrying each leaf's sharding, to restore straight into place."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+class BestParams:
+    """The parameters of the evaluation with the best `metric` so far (early stopping's model selection),
+    in their own directory: an orbax checkpoint (params + that evaluation's metrics) per new best.
+
+    A run resumes from its latest train checkpoint and evaluates the steps after it again, so the best as
+    of that checkpoint must outlive any later one: `checkpointed(step)` (after each train checkpoint)
+    drops only the bests superseded by then, and `resume(step)` drops those saved after it."""
+
+    def __init__(self, directory: str | os.PathLike, *, metric: str, mode: str):
+        self.directory = Path(directory).absolute()
+        self.metric, self.mode = metric, mode
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"params": ocp.StandardCheckpointHandler(), "metrics": ocp.JsonCheckpointHandler()})
+        self.step: Optional[int] = None
+        self.metrics: dict[str, float] = {}
+
+    def resume(self, step: int) -> None:
+        """Forgets a best saved after `step` (the run resumes from there and will evaluate those steps again)."""
+        for saved in self._manager.all_steps():
+            if saved > step:
+                self._manager.delete(saved)
+        self.step = self._manager.latest_step()
+        self.metrics = self._manager.restore(self.step, args=ocp.args.Composite(
+            metrics=ocp.args.JsonRestore()))["metrics"] if self.step is not None else {}
+
+    def checkpointed(self, step: int) -> None:
+        """The run can no longer resume before `step`: of the bests up to it only the newest is needed."""
+        for s in [s for s in self.saved_steps() if s <= step][:-1]:
+            self._manager.delete(s)
+
+    def saved_steps(self) -> list[int]:
+        self._manager.wait_until_finished()
+        return sorted(self._manager.all_steps())
+
+    def offer(self, step: int, params: Any, metrics: dict[str, float]) -> bool:
+        """Saves `params` if `metrics` beat the best so far; returns whether they did."""
+        key = f"eval/{self.metric}"
+        if key not in metrics:
+            raise ValueError(f"config.best_metric={self.metric!r} is not an evaluation metric; the evaluation reports "
+                           f"{sorted(k.removeprefix('eval/') for k in metrics)}")
+        value, best = metrics[key], self.metrics.get(key)
+        if best is not None and not (value < best if self.mode == "min" else value > best):
+            return False
+        self._manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), metrics=ocp.args.JsonSave({k: float(v) for k, v in metrics.items()})),
+            force=True)
+        self.step, self.metrics = step, dict(metrics)
+        return True
+
+    def restore(self, abstract_params: Any) -> Any:
+        self._manager.wait_until_finished()
+        return self._manager.restore(self.step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_params)))["params"]
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def read_params(path: str | os.PathLike) -> tuple[Any, int]:
+    """(params as host arrays, step) of the latest checkpoint under `path`: a run's workdir, its
+    checkpoints/ directory, or one step's directory in it."""
+    path = Path(path).absolute()
+    candidates = [path / "checkpoints", path]
+    directory = next((d for d in candidates if d.is_dir() and ocp.CheckpointManager(d).latest_step() is not None),
+                     None)
+    if directory is None and (path / "state").is_dir() and path.name.isdigit():
+        directory, step = path.parent, int(path.name)
+    elif directory is None:
+        raise FileNotFoundError(f"config.init_from={str(path)!r} holds no checkpoint: give a run's workdir, its "
+                                f"checkpoints/ directory or one step's directory in it")
+    else:
+        step = ocp.CheckpointManager(directory).latest_step()
+    manager = ocp.CheckpointManager(directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
+    try:
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    finally:
+        manager.close()
+    return state["params"], step
+
+
+def transfer_params(source: Any, fresh: Any, *, keep_fresh: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
+    """`fresh` (a params tree) with every leaf taken from `source` where both have it, except those under a
+    path in `keep_fresh` ('head', 'encoder/layer_0'). Returns (params, paths of source leaves left unused).
+
+    A leaf of `fresh` missing from `source`, or of another shape, is an error naming it, not a silent
+    re-initialisation: name it in keep_fresh to start it fresh on purpose."""
+    fresh_flat = {"/".join(map(str, k)): v for k, v in _flatten(fresh).items()}
+    source_flat = {"/".join(map(str, k)): v for k, v in _flatten(source).items()}
+    kept = lambda p: any(p == k or p.startswith(k.rstrip("/") + "/") for k in keep_fresh)  # noqa: E731
+    unknown = [k for k in keep_fresh if not any(p == k or p.startswith(k.rstrip("/") + "/") for p in fresh_flat)]
+    if unknown:
+        raise ValueError(f"config.init_from_keep_fresh names {unknown}, which are not parameters of this model; "
+                         f"its top-level parameters are {sorted({p.split('/')[0] for p in fresh_flat})}")
+    missing = [p for p in fresh_flat if not kept(p) and p not in source_flat]
+    wrong = [f"{p}: {np.shape(source_flat[p])} in init_from, {fresh_flat[p].shape} here" for p in fresh_flat
+             if not kept(p) and p in source_flat and np.shape(source_flat[p]) != fresh_flat[p].shape]
+    if missing or wrong:
+        raise ValueError("config.init_from cannot initialise this model: "
+                         + (f"missing parameters {missing}; " if missing else "")
+                         + (f"shapes differ: {wrong}; " if wrong else "")
+                         + "list such parameters in config.init_from_keep_fresh to initialise them fresh")
+    out = {p: (v if kept(p) else jax.device_put(np.asarray(source_flat[p], v.dtype), v.sharding))
+           for p, v in fresh_flat.items()}
+    unused = sorted(p for p in source_flat if p not in fresh_flat or kept(p))
+    return _unflatten(fresh, out), unused
+
+
+def _flatten(tree: Any) -> dict[tuple, Any]:
+    return {tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _unflatten(like: Any, flat: dict[str, Any]) -> Any:
+    paths = ["/".join(map(str, p)) for p in _flatten(like)]
+    return jax.tree.unflatten(jax.tree.structure(like), [flat[p] for p in paths])

@@ -38,6 +38,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_batches = -1  # -1: the whole validation split
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
+    # Early stopping's model selection: after each evaluation, keep the parameters with the best
+    # eval/<best_metric> ('loss', 'accuracy', ...; '' keeps none) in WORKDIR/best; train_and_evaluate
+    # returns them as result['best'].
+    c.best_metric = ""
+    c.best_mode = "min"  # or 'max'
+    # Warm start (pretrain -> fine-tune): a fresh run (no checkpoint of its own yet) takes its parameters
+    # from another run's latest checkpoint (its workdir); parameters under the comma-separated paths of
+    # init_from_keep_fresh ('head') keep their fresh initialisation. The optimizer state starts fresh.
+    c.init_from = ""
+    c.init_from_keep_fresh = ""
     c.max_steps_per_run = 0  # >0: stop (with a checkpoint) after this many steps, e.g. for job time limits
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn=ml_collections.ConfigDict(dict(data=1))))
     c.sharding_rules = ml_collections.ConfigDict()  # logical axis -> mesh axis overrides
@@ -77,6 +87,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             raise ConfigError(f"config.{key}={value!r} must be a positive integer")
     if config.get("rng_impl", ref.rng_impl) not in RNG_IMPLS:
         raise ConfigError(f"config.rng_impl={config.rng_impl!r}; choose from {RNG_IMPLS}")
+    if config.get("best_mode", ref.best_mode) not in ("min", "max"):
+        raise ConfigError(f"config.best_mode={config.best_mode!r}; choose 'min' or 'max'")
+    if config.get("init_from_keep_fresh") and not config.get("init_from"):
+        raise ConfigError("config.init_from_keep_fresh is set but config.init_from is not")
     if config.get("compute_dtype", "") not in ("",) + tuple(DTYPES):
         raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}; choose from {('',) + tuple(DTYPES)}")
     return config

@@ -233,9 +233,23 @@ def _global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
+def _warm_start(state: TrainState, cfg: ml_collections.ConfigDict) -> tuple[TrainState, dict]:
+    """`state` with its parameters taken from the run at cfg.init_from (see checkpoint.transfer_params)."""
+    source, source_step = ckpt.read_params(cfg.init_from)
+    keep_fresh = tuple(filter(None, (p.strip() for p in cfg.get("init_from_keep_fresh", "").split(","))))
+    try:
+        params, unused = ckpt.transfer_params(source, state.params, keep_fresh=keep_fresh)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    log.info("initialised from step %d of %s (kept fresh: %s; not used from there: %s)", source_step,
+             cfg.init_from, list(keep_fresh), unused)
+    return state.replace(params=params), {"path": cfg.init_from, "step": source_step, "unused": unused}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final state,
-    the last metrics and the sample shown."""
+    the last metrics, the sample shown, and with config.best_metric the best evaluation's
+    {'step', 'eval', 'params'} as 'best'."""
     t = Trainer(config, workdir)
     cfg = t.config
     example = t.example_batch()
@@ -244,19 +258,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                      keep=cfg.keep_checkpoints)
     train_it = iter(t.dataset.iterator("train", cfg.batch_size, shuffle=True, seed=cfg.seed))
     start = checkpointer.latest_step()
+    results: dict[str, Any] = {"resumed_from": start}
     if start is not None:
         state = checkpointer.restore(start, ckpt.abstract_like(state), train_it)
         if t.is_main:
             metrics_lib.truncate_after(t.workdir, start)
         log.info("resumed from step %d in %s", start, checkpointer.directory)
+    elif cfg.get("init_from"):
+        state, results["init_from"] = _warm_start(state, cfg)
     start = int(start or 0)
+    best = (ckpt.BestParams(t.workdir / "best", metric=cfg.best_metric, mode=cfg.best_mode)
+            if cfg.get("best_metric") else None)
+    if best is not None:
+        best.resume(start)
 
     writer = metrics_lib.MetricWriter(t.workdir, enabled=t.is_main)
     train_step = t.make_train_step(shardings)
     eval_step = t.make_eval_step(shardings.params)
     last_good = start if checkpointer.latest_step() is not None else None
     pending = _PendingMetrics()
-    results: dict[str, Any] = {"resumed_from": start or None}
     run_limit = cfg.get("max_steps_per_run", 0)
     bar = tqdm(total=cfg.total_steps, initial=start, disable=not (t.is_main and cfg.progress_bar),
                desc=f"{cfg.model.name} on {cfg.data.name}", dynamic_ncols=True)
@@ -292,19 +312,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or final:
                     results["eval"] = {f"eval/{k}": v for k, v in t.evaluate(eval_step, state.params).items()}
                     writer.write(step, results["eval"])
+                    if best is not None:
+                        best.offer(step, state.params, results["eval"])
                 if checkpointer.due(step) or final or stop:
                     flush(step)
                     checkpointer.save(step, state, train_it)
                     last_good = step
+                    if best is not None:
+                        best.checkpointed(step)
                 if stop:
                     log.warning("stopping at step %d (%s); checkpoint saved", step,
                                 "SIGTERM" if preemption.requested else "max_steps_per_run")
                     break
             flush(step)
+        if best is not None and best.step is not None:
+            results["best"] = {"step": best.step, "eval": best.metrics,
+                               "params": best.restore(ckpt.abstract_like(state.params))}
     finally:
         bar.close()
         checkpointer.close()
         writer.close()
+        if best is not None:
+            best.close()
 
     results.update(state=state, step=step, model=t.model, model_config=t.model_config, dataset=t.dataset)
     if step == cfg.total_steps:

@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.configs import sansformer_visits
 from fintrans import tasks
 from fintrans.data.builders.patient_visits import gsp_targets
-from fintrans.models.sansformer import CausalTokenMixing, SANSformer, SANSformerConfig, transfer_backbone
+from fintrans.models.sansformer import HEAD, CausalTokenMixing, SANSformer, SANSformerConfig
+from fintrans.train import train_and_evaluate
 from model_cases import jit
 
 TINY = dict(seq_len=10, num_features=7, num_classes=3, embed_dim=16, hidden_dim=24, num_layers=2)
@@ -77,19 +79,24 @@ def test_gsp_loss_is_next_visit_mse():
     np.testing.assert_allclose(loss, np.mean((np.asarray(pred) - x[:, 1:]) ** 2), rtol=1e-5)
 
 
-def test_transfer_backbone_copies_all_but_the_head():
-    _, pretrained, _ = _built("gsp")
-    model, fresh, apply = _built("classify")
-    moved = transfer_backbone(pretrained, fresh)
-    flat_p = dict(jax.tree_util.tree_leaves_with_path(pretrained))
-    for path, v in jax.tree_util.tree_leaves_with_path(moved):
-        key = jax.tree_util.keystr(path)
-        if "'head'" in key:
-            np.testing.assert_array_equal(v, dict(jax.tree_util.tree_leaves_with_path(fresh))[path])
-        else:
-            np.testing.assert_array_equal(v, flat_p[path])
-    assert apply(moved, np.ones((2, 10, 7), np.float32)).shape == (2, 3)
-    wider = nn.unbox(SANSformer(SANSformerConfig(mode="classify", **{**TINY, "hidden_dim": 8})).init(
-        jax.random.PRNGKey(0), {"inputs": np.zeros((2, 10, 7), np.float32)}))
-    with pytest.raises(ValueError, match=r"sansformer: parameter block_0/\S+ has shape \(24"):
-        transfer_backbone(pretrained, wider)
+def test_finetuning_starts_from_the_gsp_run_but_its_head(tmp_path):
+    """sansformer_visits.py's pretrained= switch: the trainer's warm start takes every parameter but the head."""
+    def config(arg, steps, lr):
+        c = sansformer_visits.get_config(arg)
+        c.total_steps, c.log_every, c.eval_every, c.checkpoint_every, c.progress_bar = steps, 1, 0, 0, False
+        c.optimizer.learning_rate = lr
+        return c
+
+    gsp = train_and_evaluate(config("stage=gsp,runlocal", 3, 3e-3), tmp_path / "gsp")["state"].params
+    # Learning rate 0: the fine-tuning runs end with the parameters they started from.
+    fresh = train_and_evaluate(config("runlocal", 1, 0.0), tmp_path / "fresh")["state"].params
+    warm = train_and_evaluate(config(f"runlocal,pretrained={tmp_path / 'gsp'}", 1, 0.0), tmp_path / "warm")
+    assert warm["init_from"]["step"] == 3 and {p.split("/")[0] for p in warm["init_from"]["unused"]} == {HEAD}
+    params = warm["state"].params
+    assert set(params) == set(gsp) and HEAD in params
+    for name in params:
+        expected = fresh[name] if name == HEAD else gsp[name]
+        for a, b in zip(jax.tree.leaves(params[name]), jax.tree.leaves(expected)):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    with pytest.raises(ValueError, match="pretrained= .* needs stage=finetune"):
+        sansformer_visits.get_config(f"stage=gsp,pretrained={tmp_path / 'gsp'}")
