@@ -15,13 +15,10 @@ import importlib
 import json
 from pathlib import Path
 
-import flax.linen as nn
-import jax
 import numpy as np
 from absl import app, flags
 
-from fintrans.train import train_and_evaluate
-from fintrans.train.loop import Trainer
+from fintrans.train import evaluate_params, train_and_evaluate
 
 FLAGS = flags.DEFINE_multi_string("config", [], "NAME:ARG of experiments/configs/NAME.py")
 SEEDS = flags.DEFINE_string("seeds", "0", "comma-separated seeds")
@@ -44,13 +41,7 @@ CAVEAT = ("Training uses the datasets' `train` split, 80% of the official TRAIN 
 def test_accuracy(config, workdir: str) -> dict:
     """Trains (or resumes) `config` in `workdir`; validation and test metrics of the final parameters."""
     config.progress_bar = False
-    result = train_and_evaluate(config, workdir)
-    t = Trainer(config, None)
-    _, shardings = t.init_state(t.example_batch())
-    eval_step = t.make_eval_step(shardings.params)
-    with jax.set_mesh(t.mesh), nn.logical_axis_rules(t.rules):
-        out = {split: t.evaluate(eval_step, result["state"].params, split) for split in ("validation", "test")}
-    return {f"{split}/{k}": float(v) for split, m in out.items() for k, v in m.items()}
+    return evaluate_params(config, train_and_evaluate(config, workdir)["state"].params)
 
 
 def main(argv):

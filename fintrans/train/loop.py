@@ -341,3 +341,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with jax.set_mesh(t.mesh), nn.logical_axis_rules(t.rules):
             results["sample"] = show_sample(t, state.params, print_fn=print if t.is_main else (lambda *_: None))
     return results
+
+
+def evaluate_params(config: ml_collections.ConfigDict, params: Any,
+                    splits: tuple[str, ...] = ("validation", "test")) -> dict[str, float]:
+    """{'SPLIT/METRIC': value} of `params` (e.g. a finished run's final or best parameters) on each split.
+
+    The training loop only ever evaluates on `validation`; experiment scripts score the test split with
+    this, once, after training."""
+    t = Trainer(config, None)
+    _, shardings = t.init_state(t.example_batch())
+    eval_step = t.make_eval_step(shardings.params)
+    with jax.set_mesh(t.mesh), nn.logical_axis_rules(t.rules):
+        out = {split: t.evaluate(eval_step, params, split) for split in splits}
+    return {f"{split}/{k}": float(v) for split, m in out.items() for k, v in m.items()}
+
