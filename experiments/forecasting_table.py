@@ -158,7 +158,7 @@ def main(argv):
     workdir.mkdir(parents=True, exist_ok=True)
     index, count = (int(x) for x in SHARD.value.split("/"))
     log_path = workdir / f"runs_{index}.jsonl"
-    done = {(r["data"], r["horizon"], r["model"], r["seed"]) for r in _read_runs([log_path])}
+    done = {_key(r) for r in _read_runs(workdir.glob("runs_*.jsonl"))}  # by any shard, under any sharding
     for i, spec in enumerate(run_specs()):
         if i % count != index or spec in done:
             continue
@@ -169,14 +169,13 @@ def main(argv):
     if not OUTPUT.value:
         return
     wanted = set(run_specs())
-    runs = [r for r in _read_runs(sorted(workdir.glob("runs_*.jsonl")))
-            if (r["data"], r["horizon"], r["model"], r["seed"]) in wanted]
-    missing = wanted - {(r["data"], r["horizon"], r["model"], r["seed"]) for r in runs}
+    runs = list({_key(r): r for r in _read_runs(sorted(workdir.glob("runs_*.jsonl"))) if _key(r) in wanted}.values())
+    missing = wanted - {_key(r) for r in runs}
     if missing:
         raise SystemExit(f"{len(missing)} runs are not finished yet (other shards still running?), e.g. "
                          f"{sorted(missing)[:3]}; run again when they are")
     order = {spec: i for i, spec in enumerate(run_specs())}
-    runs.sort(key=lambda r: order[(r["data"], r["horizon"], r["model"], r["seed"])])
+    runs.sort(key=lambda r: order[_key(r)])
     floors = {(d, h): naive_floor(d, h) for d, h in dict.fromkeys((r["data"], r["horizon"]) for r in runs)}
     flags_used = [f"--data={','.join(DATA.value)}", f"--horizons={','.join(HORIZONS.value)}",
                   f"--models={','.join(MODELS.value)}", f"--seeds={','.join(SEEDS.value)}"]
@@ -189,6 +188,10 @@ def main(argv):
         {"command": command, "naive": {f"{d}_h{h}": v for (d, h), v in floors.items()}, "runs": runs}, indent=1)
         + "\n")
     print(output.read_text())
+
+
+def _key(run: dict) -> tuple:
+    return run["data"], run["horizon"], run["model"], run["seed"]
 
 
 def _read_runs(paths) -> list[dict]:

@@ -30,6 +30,7 @@ RUNLOCAL = [
     ("t2_uea", "runlocal", 60),
     ("shapeformer_uea", "runlocal", 60),
     ("flatformer_scenes", "runlocal,max_points=512", 30),
+    ("forecasting", "model=dlinear,data=seattle_weather,runlocal", 30),
 ]
 
 
