@@ -19,8 +19,8 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fintrans.data.builders.base import OfflineBuilder, packaged_file
-from fintrans.data.builders.series import read_windows, split_bounds, train_stats
+from fintrans.data.builders.base import packaged_file
+from fintrans.data.builders.series import SeriesBuilder, read_windows
 from fintrans.data.spec import DatasetSpec, Loaded
 
 CHANNELS = ("precipitation", "temp_max", "temp_min", "wind")
@@ -38,37 +38,14 @@ def daily_table() -> tuple[np.ndarray, np.ndarray]:
     return dates[order], values[order]
 
 
-def _train_values() -> np.ndarray:
-    dates, values = daily_table()
-    start, end = split_bounds(len(dates))["train"]
-    return values[start:end].astype(np.float32).astype(np.float64)  # as the records hold them
-
-
-class SeattleWeather(OfflineBuilder, skip_registration=True):
+class SeattleWeather(SeriesBuilder, skip_registration=True):
     name = "seattle_weather"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        mean, std = train_stats(_train_values())
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=("Daily Seattle weather 2012-2015 (1,461 days) from vega_datasets: precipitation, "
-                         "temp_max, temp_min, wind. Chronological 70/10/20 train/validation/test split."),
-            features=tfds.features.FeaturesDict({
-                "date": tfds.features.Text(),
-                "values": tfds.features.Tensor(shape=(len(CHANNELS),), dtype=np.float32),
-            }),
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(channels=list(CHANNELS), train_mean=mean.tolist(),
-                                            train_std=std.tolist()),
-        )
-
-    def _generate_examples(self, split: str):
-        dates, values = daily_table()
-        start, end = split_bounds(len(dates))[split]
-        for i in range(start, end):
-            yield i, {"date": dates[i], "values": values[i].astype(np.float32)}
+    DESCRIPTION = ("Daily Seattle weather 2012-2015 (1,461 days) from vega_datasets: precipitation, "
+                   "temp_max, temp_min, wind. Chronological 70/10/20 train/validation/test split.")
+    CHANNELS = CHANNELS
+    table = staticmethod(daily_table)
 
 
 def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],

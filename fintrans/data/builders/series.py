@@ -1,5 +1,6 @@
-"""What the multivariate forecasting datasets (stocks, seattle_weather) share: the chronological split,
-training-split statistics, and the reader that standardises the series and cuts forecasting windows.
+"""What the multivariate forecasting datasets (sp500, stocks, seattle_weather) share: the chronological
+split, training-split statistics, the builder of one record per day, and the reader that standardises the
+series and cuts forecasting windows.
 
 The rules are sp500's (LTSF-Linear's): chronological 70/10/20 train/validation/test days; every channel
 standardised with the TRAIN split's mean and std (ddof=0) only; sliding windows (stride 1) whose
@@ -8,17 +9,27 @@ before the split, so no target day of a split is lost.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import tensorflow_datasets as tfds
 
-from fintrans.data.builders.sp500 import split_bounds
+from fintrans.data.builders.base import OfflineBuilder
 from fintrans.data.errors import DataConfigError, DatasetCorruptError
 from fintrans.data.sources import WindowSource
 from fintrans.data.spec import Loaded
 
-SPLITS = ("train", "validation", "test")
-__all__ = ["SPLITS", "naive_last_value_errors", "read_windows", "split_bounds", "train_stats"]
+SPLITS = OfflineBuilder.SPLITS
+__all__ = ["SPLITS", "SeriesBuilder", "naive_last_value_errors", "read_windows", "split_bounds", "train_stats"]
+
+
+def split_bounds(num_days: int) -> dict[str, tuple[int, int]]:
+    """LTSF-Linear's chronological 70/10/20 day ranges [start, end): train = int(0.7 N), test = int(0.2 N),
+    validation = the rest."""
+    num_train, num_test = int(num_days * 0.7), int(num_days * 0.2)
+    num_val = num_days - num_train - num_test
+    return {"train": (0, num_train), "validation": (num_train, num_train + num_val),
+            "test": (num_train + num_val, num_days)}
 
 
 def train_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -27,8 +38,52 @@ def train_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values.mean(axis=0), values.std(axis=0)
 
 
+class SeriesBuilder(OfflineBuilder, skip_registration=True):
+    """One record {'date', 'values'} per day of `table()`, split by `split_bounds`, in date order.
+
+    Subclasses set name, VERSION, RELEASE_NOTES, DESCRIPTION, CHANNELS and `table` (a function returning
+    dates 'YYYY-MM-DD' and float64 values [days, channels]); RECORD_DTYPE is how the values are stored.
+    With STATS_IN_METADATA the train split's mean/std go into the metadata too (as train_mean / train_std),
+    so forecasts can be de-normalised without loading the records."""
+    DESCRIPTION = ""
+    CHANNELS: tuple[str, ...] = ()
+    RECORD_DTYPE = np.float32
+    STATS_IN_METADATA = True
+    table: Callable[[], tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def train_values(cls) -> np.ndarray:
+        """The train split's values as the records hold them, float64 [days, channels]."""
+        dates, values = cls.table()
+        start, end = split_bounds(len(dates))["train"]
+        return values[start:end].astype(cls.RECORD_DTYPE).astype(np.float64)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        metadata = {"channels": list(self.CHANNELS)}
+        if self.STATS_IN_METADATA:
+            mean, std = train_stats(self.train_values())
+            metadata.update(train_mean=mean.tolist(), train_std=std.tolist())
+        return tfds.core.DatasetInfo(
+            builder=self, description=self.DESCRIPTION,
+            features=tfds.features.FeaturesDict({
+                "date": tfds.features.Text(),
+                "values": tfds.features.Tensor(shape=(len(self.CHANNELS),), dtype=self.RECORD_DTYPE),
+            }),
+            disable_shuffling=True,  # one record per day, in date order
+            metadata=tfds.core.MetadataDict(**metadata),
+        )
+
+    def _generate_examples(self, split: str):
+        dates, values = type(self).table()
+        start, end = split_bounds(len(dates))[split]
+        for i in range(start, end):
+            yield i, {"date": dates[i], "values": values[i].astype(self.RECORD_DTYPE)}
+
+
 def _metadata_stats(name: str, metadata: Mapping[str, Any], mean: np.ndarray, std: np.ndarray) -> None:
-    """The prepared dataset's metadata records the statistics too; they must agree with its records."""
+    """Where the prepared dataset's metadata records the statistics too, they must agree with its records."""
+    if "train_mean" not in metadata and "train_std" not in metadata:
+        return
     stored = [np.asarray(metadata.get(k, ()), np.float64) for k in ("train_mean", "train_std")]
     if any(s.shape != mean.shape or not np.allclose(s, m, rtol=1e-9, atol=1e-12)
            for s, m in zip(stored, (mean, std))):

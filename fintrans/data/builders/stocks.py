@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fintrans.data import feature_selection
-from fintrans.data.builders.base import OfflineBuilder, packaged_file
-from fintrans.data.builders.series import SPLITS, read_windows, split_bounds, train_stats
+from fintrans.data.builders.base import packaged_file
+from fintrans.data.builders.series import SeriesBuilder, read_windows
 from fintrans.data.errors import DataConfigError
 from fintrans.data.spec import DatasetSpec, Loaded
 
@@ -61,12 +61,6 @@ def daily_table() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(dates), np.asarray([[closes[c][d] for c in CHANNELS] for d in dates])
 
 
-def _train_values() -> np.ndarray:
-    dates, values = daily_table()
-    start, end = split_bounds(len(dates))["train"]
-    return values[start:end].astype(np.float32).astype(np.float64)  # as the records hold them
-
-
 def _check_selection(target: int, min_corr_pct: int) -> None:
     if target >= len(CHANNELS):
         raise DataConfigError(f"stocks: target={target} is not a channel index; channels are "
@@ -81,36 +75,19 @@ def selection(target: int, min_corr_pct: int, train_values: np.ndarray | None = 
     Configs call this (without train_values: read from the wheel) to size a model before loading.
     """
     _check_selection(target, min_corr_pct)
-    values = _train_values() if train_values is None else train_values
+    values = Stocks.train_values() if train_values is None else train_values
     return feature_selection.select_correlated(values, target, threshold=min_corr_pct / 100, on="prices")
 
 
-class Stocks(OfflineBuilder, skip_registration=True):
+class Stocks(SeriesBuilder, skip_registration=True):
     name = "stocks"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        mean, std = train_stats(_train_values())
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=("Daily closes 2004-08-19..2013-03-01 (2,148 common trading days) of AAPL, GOOG, IBM, MSFT "
-                         "(adjusted, bokeh_sampledata) and the S&P 500 and NASDAQ Composite (arch). "
-                         "Chronological 70/10/20 train/validation/test split."),
-            features=tfds.features.FeaturesDict({
-                "date": tfds.features.Text(),
-                "values": tfds.features.Tensor(shape=(len(CHANNELS),), dtype=np.float32),
-            }),
-            disable_shuffling=True,  # one record per day, in date order
-            metadata=tfds.core.MetadataDict(channels=list(CHANNELS), train_mean=mean.tolist(),
-                                            train_std=std.tolist()),
-        )
-
-    def _generate_examples(self, split: str):
-        dates, values = daily_table()
-        start, end = split_bounds(len(dates))[split]
-        for i in range(start, end):
-            yield i, {"date": dates[i], "values": values[i].astype(np.float32)}
+    DESCRIPTION = ("Daily closes 2004-08-19..2013-03-01 (2,148 common trading days) of AAPL, GOOG, IBM, MSFT "
+                   "(adjusted, bokeh_sampledata) and the S&P 500 and NASDAQ Composite (arch). "
+                   "Chronological 70/10/20 train/validation/test split.")
+    CHANNELS = CHANNELS
+    table = staticmethod(daily_table)
 
 
 def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
