@@ -15,11 +15,11 @@ pallas_tpu), which is how the tests check the kernels' arithmetic without the ha
 """
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import jax
 
+from kernels_pallas import _dispatch
 from kernels_pallas.blockwise_attention.common import BlockSizes, check_inputs
 
 __all__ = ["blockwise_attention", "BlockSizes", "IMPLEMENTATIONS", "PREFERENCE"]
@@ -27,12 +27,6 @@ __all__ = ["blockwise_attention", "BlockSizes", "IMPLEMENTATIONS", "PREFERENCE"]
 IMPLEMENTATIONS = ("reference", "xla", "pallas_tpu", "pallas_gpu")
 # Tried in order for implementation=None; 'xla' always comes last because it always works.
 PREFERENCE = {"tpu": ("pallas_tpu", "xla"), "gpu": ("pallas_gpu", "xla"), "cpu": ("xla",)}
-
-
-def _module(name: str):
-    # Imported on first use: each kernel module only needs jax, but there is no reason to pay for
-    # importing the TPU kernels on a GPU machine and vice versa.
-    return importlib.import_module(f"kernels_pallas.blockwise_attention.{name}")
 
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
@@ -60,14 +54,4 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: boo
         raise ValueError(f"block_sizes must be a BlockSizes or None; got {type(block_sizes).__name__}")
     kwargs = dict(causal=bool(causal), q_segment_ids=qs, kv_segment_ids=ks, sm_scale=scale,
                   block_sizes=block_sizes, interpret=interpret)
-    if implementation is not None:
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown implementation {implementation!r}; "
-                             f"choose from {list(IMPLEMENTATIONS)} or None")
-        return _module(implementation).attention(q, k, v, **kwargs)
-    for name in PREFERENCE.get(jax.default_backend(), ("xla",)):
-        try:
-            return _module(name).attention(q, k, v, **kwargs)
-        except NotImplementedError:
-            continue
-    raise AssertionError("unreachable: the xla implementation handles every valid input")
+    return _dispatch.dispatch(__name__, IMPLEMENTATIONS, PREFERENCE, implementation, q, k, v, **kwargs)

@@ -22,11 +22,11 @@ kernel in interpret mode on CPU.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import jax
 
+from kernels_pallas import _dispatch
 from kernels_pallas.flat_window_attention.common import check_groups_per_block, check_inputs
 from kernels_pallas.flat_window_attention.grouping import (GroupPlan, group_tokens, make_group_plan,
                                                            num_groups_for, ungroup_tokens)
@@ -38,11 +38,6 @@ __all__ = ["grouped_attention", "window_order", "window_sort_keys", "make_group_
 IMPLEMENTATIONS = ("reference", "xla", "pallas_gpu", "pallas_tpu")
 # Tried in order for implementation=None; 'xla' always comes last because it always works.
 PREFERENCE = {"cpu": ("xla",), "gpu": ("pallas_gpu", "xla"), "tpu": ("pallas_tpu", "xla")}
-
-
-def _module(name: str):
-    # Imported on first use, so a GPU machine never imports the TPU kernel and vice versa.
-    return importlib.import_module(f"kernels_pallas.flat_window_attention.{name}")
 
 
 def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, sm_scale: Optional[float] = None,
@@ -64,14 +59,4 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, sm_scale: Opt
     scale = check_inputs(q, k, v, sm_scale)
     check_groups_per_block(groups_per_block)
     kwargs = dict(sm_scale=scale, groups_per_block=groups_per_block, interpret=interpret)
-    if implementation is not None:
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown implementation {implementation!r}; "
-                             f"choose from {list(IMPLEMENTATIONS)} or None")
-        return _module(implementation).attention(q, k, v, **kwargs)
-    for name in PREFERENCE.get(jax.default_backend(), ("xla",)):
-        try:
-            return _module(name).attention(q, k, v, **kwargs)
-        except NotImplementedError:
-            continue
-    raise AssertionError("unreachable: the xla implementation handles every valid input")
+    return _dispatch.dispatch(__name__, IMPLEMENTATIONS, PREFERENCE, implementation, q, k, v, **kwargs)

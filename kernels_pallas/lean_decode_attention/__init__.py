@@ -14,11 +14,11 @@ NotImplementedError. Not differentiable: decoding needs no gradients.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import jax
 
+from kernels_pallas import _dispatch
 from kernels_pallas.lean_decode_attention.common import check_inputs
 
 __all__ = ["lean_decode_attention", "IMPLEMENTATIONS", "PREFERENCE", "default_num_programs"]
@@ -33,10 +33,6 @@ def default_num_programs(platform: Optional[str] = None) -> int:
     device = jax.devices(platform)[0] if platform else jax.devices()[0]
     cores = getattr(device, "core_count", None)
     return 2 * int(cores) if device.platform == "gpu" and cores else 8
-
-
-def _module(name: str):
-    return importlib.import_module(f"kernels_pallas.lean_decode_attention.{name}")
 
 
 def lean_decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, lengths: jax.Array, *,
@@ -63,14 +59,5 @@ def lean_decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, 
             raise ValueError(f"{name} must be a positive int or None; got {value!r}")
     kwargs = dict(sm_scale=scale, block_k=block_k,
                   num_programs=num_programs or default_num_programs(), interpret=interpret)
-    if implementation is not None:
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown implementation {implementation!r}; "
-                             f"choose from {list(IMPLEMENTATIONS)} or None")
-        return _module(implementation).attention(q, k_cache, v_cache, lengths, **kwargs)
-    for name in PREFERENCE.get(jax.default_backend(), ("xla",)):
-        try:
-            return _module(name).attention(q, k_cache, v_cache, lengths, **kwargs)
-        except NotImplementedError:
-            continue
-    raise AssertionError("unreachable: the xla implementation handles every valid input")
+    return _dispatch.dispatch(__name__, IMPLEMENTATIONS, PREFERENCE, implementation, q, k_cache, v_cache, lengths,
+                              **kwargs)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import kernels_pallas.blockwise_attention as ba
+from kernels_pallas import _dispatch
 from kernels_pallas.blockwise_attention import BlockSizes, blockwise_attention
 
 
@@ -36,8 +37,8 @@ def test_reference_matches_a_per_head_loop():
 
 def test_cpu_default_is_the_xla_implementation(monkeypatch):
     called = []
-    real = ba._module("xla").attention
-    monkeypatch.setattr(ba._module("xla"), "attention", lambda *a, **kw: called.append(1) or real(*a, **kw))
+    real = _dispatch.module(ba.__name__, "xla").attention
+    monkeypatch.setattr(_dispatch.module(ba.__name__, "xla"), "attention", lambda *a, **kw: called.append(1) or real(*a, **kw))
     blockwise_attention(*_qkv())
     assert called == [1] and ba.PREFERENCE["cpu"] == ("xla",)
 
@@ -47,7 +48,7 @@ def test_unsupported_inputs_fall_through_to_xla(monkeypatch):
     implementation raises instead of being silently replaced."""
     def refuse(*a, **kw):
         raise NotImplementedError("not these shapes")
-    monkeypatch.setattr(ba._module("pallas_gpu"), "attention", refuse)
+    monkeypatch.setattr(_dispatch.module(ba.__name__, "pallas_gpu"), "attention", refuse)
     monkeypatch.setitem(ba.PREFERENCE, jax.default_backend(), ("pallas_gpu", "xla"))
     q, k, v = _qkv()
     np.testing.assert_allclose(blockwise_attention(q, k, v), blockwise_attention(q, k, v, implementation="reference"),
