@@ -510,7 +510,6 @@ def cpu_reps(L, quick):
 def check_cpu_numerics(args, report, impls):
     """Output and gradients of each implementation against dense at a small length; before timing."""
     import jax
-    import jax.numpy as jnp
     L = min(1024, min(args.cpu_lengths))
     spec = dict(B=1, L=L, H=args.heads_cpu, D=args.head_dim_cpu, dtype="float32", seed=args.seed)
     q, k, v = cpu_inputs(spec)

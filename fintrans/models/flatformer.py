@@ -35,7 +35,6 @@ grid 468x468 (0.32 m pillars).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import flax.linen as nn

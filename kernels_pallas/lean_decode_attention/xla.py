@@ -9,7 +9,6 @@ that pair's complete partial. common.merge then combines the slots of each segme
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 

@@ -7,7 +7,6 @@ training step would, with the default (tuned) tiles.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import jax
 import jax.numpy as jnp

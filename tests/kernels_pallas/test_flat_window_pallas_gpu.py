@@ -17,47 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels_pallas.flat_window_attention import grouped_attention, pallas_gpu, reference
-
-# max|got - want| / max|want| for the output and each gradient; bf16 inputs are exact in f64, so
-# this bounds the kernel's own rounding (p and dS rounded to bf16 before their matmuls).
-TOLERANCE = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.bfloat16): 1.5e-2,
-             jnp.dtype(jnp.float16): 2e-3}
-
-
-def _inputs(shape, dtype, seed):
-    rng = np.random.default_rng(seed)
-    return [jnp.asarray(rng.standard_normal(shape, np.float32)).astype(dtype) for _ in range(4)]
-
-
-def _forward_and_grads(fn, q, k, v, do):
-    out, vjp = jax.vjp(fn, q, k, v)
-    return (out,) + vjp(do.astype(out.dtype))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _oracle_f64(sm_scale, q, k, v, do):
-    fn = functools.partial(reference.attention, sm_scale=sm_scale)
-    return _forward_and_grads(fn, q, k, v, do)
-
-
-def check_against_oracle(impl, shape, dtype, seed=0, primal=False):
-    """impl(q, k, v) (sm_scale left to the default) must match the float64 oracle; `primal`:
-    also the call outside differentiation (a forward kernel without the lse residual)."""
-    dtype = jnp.dtype(dtype)
-    q, k, v, do = _inputs(shape, dtype, seed)
-    got = jax.jit(lambda *a: _forward_and_grads(impl, *a))(q, k, v, do)
-    if primal:
-        np.testing.assert_array_equal(np.asarray(jax.jit(impl)(q, k, v)), np.asarray(got[0]))
-    with jax.enable_x64(True):
-        f64 = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
-        want = [np.asarray(w) for w in _oracle_f64(shape[-1] ** -0.5, *map(f64, (q, k, v, do)))]
-    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
-        assert g.shape == shape and g.dtype == dtype, (name, g.shape, g.dtype)
-        g = np.asarray(g.astype(jnp.float32), np.float64)
-        assert np.all(np.isfinite(g)), name
-        err = float(np.max(np.abs(g - w))) / float(np.max(np.abs(w)))
-        assert err <= TOLERANCE[dtype], f"{name}: error {err:.2e} at {shape} {dtype}"
-
+from tests.kernels_pallas.flat_window_oracle import TOLERANCE, check_against_oracle, forward_and_grads, inputs
 
 def _impl(groups_per_block, interpret=True):
     return functools.partial(grouped_attention, implementation="pallas_gpu", interpret=interpret,
@@ -156,13 +116,13 @@ GPU_CASES = [((2048, 128, 8, 16), jnp.bfloat16), ((1821, 144, 8, 16), jnp.float1
 @pytest.mark.parametrize("shape,dtype", GPU_CASES,
                          ids=[f"{'x'.join(map(str, s))}-{jnp.dtype(d).name}" for s, d in GPU_CASES])
 def test_gpu_matches_reference(shape, dtype):
-    q, k, v, do = _inputs(shape, dtype, 1)
+    q, k, v, do = inputs(shape, dtype, 1)
     kernel = functools.partial(grouped_attention, implementation="pallas_gpu")
-    got = jax.jit(lambda *a: _forward_and_grads(kernel, *a))(q, k, v, do)
+    got = jax.jit(lambda *a: forward_and_grads(kernel, *a))(q, k, v, do)
     dense = functools.partial(reference.attention, sm_scale=shape[-1] ** -0.5)
     with jax.default_matmul_precision("highest"):
         f32 = lambda x: x.astype(jnp.float32)
-        want = jax.jit(lambda *a: _forward_and_grads(dense, *a))(f32(q), f32(k), f32(v), f32(do))
+        want = jax.jit(lambda *a: forward_and_grads(dense, *a))(f32(q), f32(k), f32(v), f32(do))
     tol = max(TOLERANCE[jnp.dtype(dtype)], 2e-5)  # the f32 reference rounds too
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
         g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
-import jax
 import numpy as np
 
 from model_cases import built, jit

@@ -7,7 +7,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from fintrans.models import time2vec_encoder as t2v
 from model_cases import BATCH, built, config_of, jit

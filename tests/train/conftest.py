@@ -1,6 +1,4 @@
 """Tiny experiment configs for trainer tests: the real configs, shrunk to compile and run in seconds."""
-import pytest
-
 from experiments.configs import lm_chars, ltsf_sp500
 
 
