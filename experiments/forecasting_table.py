@@ -69,11 +69,16 @@ def train_one(workdir: Path, dataset: str, horizon: int, model: str, seed: int) 
 
 
 def naive_floor(dataset: str, horizon: int) -> dict:
-    """The naive forecast's validation and test errors, and the test split's first and last target days."""
+    """The naive forecast's validation and test errors, the test split's first and last target days, and the
+    share of test target values outside the range the training windows span (per channel)."""
     loaded = data.load(config_for(dataset, horizon, "dlinear", 0).data)
     dates = loaded.info["dates"]["test"][loaded.info["first_target"]["test"]:]
+    train, test = (loaded.source(s).take(np.arange(len(loaded.source(s)))) for s in ("train", "test"))
+    seen = np.concatenate([train["inputs"], train["targets"]], axis=1)
+    low, high = seen.min(axis=(0, 1)), seen.max(axis=(0, 1))
+    outside = float(np.mean((test["targets"] < low) | (test["targets"] > high)))
     return {**{split: naive_last_value_errors(loaded.source(split)) for split in ("validation", "test")},
-            "test_days": [str(dates[0]), str(dates[-1])]}
+            "test_days": [str(dates[0]), str(dates[-1])], "test_outside_train_range": outside}
 
 
 def _cell(values) -> str:
@@ -101,6 +106,11 @@ def render(runs: list[dict], floors: dict, command: str) -> str:
         "- test target days: " + "; ".join(f"{d}: {floors[(d, h)]['test_days'][0]}..{floors[(d, h)]['test_days'][1]}"
                                            for d, h in dict.fromkeys((r["data"], r["horizon"]) for r in runs)
                                            if h == min(r2["horizon"] for r2 in runs if r2["data"] == d)) + ".",
+        "",
+        "- share of test target values outside the range of the training windows: " + "; ".join(
+            f"{d} {floors[(d, h)]['test_outside_train_range']:.0%}" for d, h in dict.fromkeys(
+                (r["data"], r["horizon"]) for r in runs) if h == min(r2["horizon"] for r2 in runs if r2["data"] == d))
+        + ". A model that maps standardised levels to levels has never seen those values.",
         "",
         "| data | horizon | model | seeds | test MSE | test MAE | MSE / naive | best step (mean) |",
         "|---|---|---|---|---|---|---|---|",
