@@ -122,17 +122,23 @@ def read_params(path: str | os.PathLike) -> tuple[Any, int]:
     """(params as host arrays, step) of the latest checkpoint under `path`: a run's workdir, its
     checkpoints/ directory, or one step's directory in it."""
     path = Path(path).absolute()
-    candidates = [path / "checkpoints", path]
-    directory = next((d for d in candidates if d.is_dir() and ocp.CheckpointManager(d).latest_step() is not None),
-                     None)
-    if directory is None and (path / "state").is_dir() and path.name.isdigit():
+    if (path / "state").is_dir() and path.name.isdigit():
         directory, step = path.parent, int(path.name)
-    elif directory is None:
-        raise FileNotFoundError(f"config.init_from={str(path)!r} holds no checkpoint: give a run's workdir, its "
-                                f"checkpoints/ directory or one step's directory in it")
     else:
-        step = ocp.CheckpointManager(directory).latest_step()
-    manager = ocp.CheckpointManager(directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
+        directory, step = path, None
+        for candidate in (path / "checkpoints", path):
+            if candidate.is_dir():
+                manager = ocp.CheckpointManager(candidate, options=ocp.CheckpointManagerOptions(read_only=True))
+                step = manager.latest_step()
+                manager.close()
+                if step is not None:
+                    directory = candidate
+                    break
+        if step is None:
+            raise FileNotFoundError(f"config.init_from={str(path)!r} holds no checkpoint: give a run's workdir, its "
+                                    f"checkpoints/ directory or one step's directory in it")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                    item_handlers={"state": ocp.StandardCheckpointHandler()})
     try:
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     finally:

@@ -5,7 +5,7 @@ import pytest
 
 from fintrans.models.config import ConfigError
 from fintrans.train import Trainer, read_metrics, train_and_evaluate
-from fintrans.train.checkpoint import BestParams
+from fintrans.train.checkpoint import BestParams, read_params
 from tests.train.conftest import tiny_dlinear
 
 
@@ -108,6 +108,9 @@ def test_warm_start_takes_the_source_runs_latest_parameters(tmp_path, source_run
     result = train_and_evaluate(_frozen(init_from=str(source_dir)), tmp_path)
     assert result["init_from"] == {"path": str(source_dir), "step": 10, "unused": []}
     _assert_same(result["state"].params, source["state"].params)
+    # A step's directory names that step's parameters.
+    params, step = read_params(source_dir / "checkpoints" / "8")
+    assert step == 8 and sorted(params) == sorted(source["state"].params)
     # Resuming its own checkpoint, a run no longer looks at init_from.
     again = train_and_evaluate(_frozen(init_from=str(source_dir / "missing"), total_steps=3), tmp_path)
     assert again["resumed_from"] == 2 and "init_from" not in again
