@@ -46,12 +46,12 @@ def test_forecasting_table_end_to_end(tmp_path):
     config = {"name": "seattle_weather", "input_len": 96, "horizon": 8, "data_dir": None, "prepare": True}
     naive = naive_last_value_errors(data.load(config).source("test"))
     rows = _rows(out.read_text())
-    assert float(rows["naive last value"][4]) == round(naive["mse"], 4)
+    assert float(rows["naive last value"][5]) == round(naive["mse"], 4)
     for model, name in (("dlinear", "DLinear"), ("nlinear", "NLinear"), ("itransformer", "iTransformer")):
         mse = [r["test/mse"] for r in runs if r["model"] == model]
-        mean, std = (float(x) for x in re.findall(r"[\d.]+", rows[name][4]))
+        mean, std = (float(x) for x in re.findall(r"[\d.]+", rows[name][5]))
         assert (mean, std) == (round(np.mean(mse), 4), round(np.std(mse), 4))
-        assert float(rows[name][6]) == round(np.mean(mse) / naive["mse"], 2)
+        assert float(rows[name][7]) == round(np.mean(mse) / naive["mse"], 2)
     text = out.read_text()
     mse = {r["model"]: r["test/mse"] for r in runs}
     holds = min(mse["dlinear"], mse["nlinear"]) < mse["itransformer"]

@@ -37,8 +37,9 @@ def test_reference_matches_a_per_head_loop():
 
 def test_cpu_default_is_the_xla_implementation(monkeypatch):
     called = []
-    real = _dispatch.module(ba.__name__, "xla").attention
-    monkeypatch.setattr(_dispatch.module(ba.__name__, "xla"), "attention", lambda *a, **kw: called.append(1) or real(*a, **kw))
+    xla = _dispatch.module(ba.__name__, "xla")
+    real = xla.attention
+    monkeypatch.setattr(xla, "attention", lambda *a, **kw: called.append(1) or real(*a, **kw))
     blockwise_attention(*_qkv())
     assert called == [1] and ba.PREFERENCE["cpu"] == ("xla",)
 
