@@ -46,8 +46,9 @@ OUTPUT = flags.DEFINE_string("output", "", "write the table (markdown) here, and
 
 
 def run_specs():
-    return [(d, int(h), m, int(s)) for d in DATA.value for h in HORIZONS.value for m in MODELS.value
-            for s in SEEDS.value]
+    """Every (data, horizon, model, seed), seed by seed: the first seeds of the whole grid finish first."""
+    return [(d, int(h), m, int(s)) for s in SEEDS.value for d in DATA.value for h in HORIZONS.value
+            for m in MODELS.value]
 
 
 def config_for(dataset: str, horizon: int, model: str, seed: int):
@@ -60,10 +61,13 @@ def config_for(dataset: str, horizon: int, model: str, seed: int):
     return c
 
 
-def train_one(workdir: Path, dataset: str, horizon: int, model: str, seed: int) -> dict:
+def train_one(workdir: Path, dataset: str, horizon: int, model: str, seed: int) -> dict | None:
+    """The run's row, or None if it stopped early (SIGTERM: its checkpoint lets the next invocation finish it)."""
     config = config_for(dataset, horizon, model, seed)
     start = time.time()
     result = train_and_evaluate(config, str(workdir / f"{dataset}_h{horizon}" / f"{model}_seed{seed}"))
+    if result["step"] != config.total_steps:
+        return None
     best = result["best"]
     scores = evaluate_params(config, best["params"])
     return {"data": dataset, "horizon": horizon, "model": model, "seed": seed, "best_step": best["step"],
@@ -176,6 +180,8 @@ def main(argv):
         if i % count != index or spec in done:
             continue
         row = train_one(workdir, *spec)
+        if row is None:
+            raise SystemExit(f"stopped during {spec}; run the same command again to finish the table")
         print(json.dumps(row), flush=True)
         with log_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
