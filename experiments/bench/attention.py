@@ -33,25 +33,20 @@ FLOP counts (the anchors' convention): forward 4*B*H*Lq*Lk*D, halved for causal;
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
-import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-RESULTS_DIR = REPO / "experiments" / "bench" / "results"
+from experiments.bench.harness import (GIB, REPO, RESULTS_DIR, Report, error_text, fmt, max_abs, mem_available,
+                                       mem_total, proc_status, rel_diff, timed_batches)
+
 RESULT_MARK = "@@RESULT@@"
-GIB = 1 << 30
 
 # Numerics: max|got - want| / max|want| for the output and for each gradient. GPU entries are
 # compared with another bf16 implementation, so twice the bf16 tolerance of the kernel tests
@@ -64,9 +59,6 @@ TARGET_PEAK_8K_BYTES = 1e9
 TARGET_RATIO_2K = 1.5
 
 
-# ---------------------------------------------------------------------------------------------
-# helpers shared by both modes
-# ---------------------------------------------------------------------------------------------
 def attention_flops(b, h, lq, lk, d, causal, backward):
     f = 4.0 * b * h * lq * lk * d
     if causal:
@@ -74,95 +66,11 @@ def attention_flops(b, h, lq, lk, d, causal, backward):
     return f * 3.5 if backward else f
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "unknown"
-
-
-def proc_status(pid="self") -> dict:
-    """VmRSS / VmHWM etc. of a process, in bytes ({} if unreadable)."""
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                key, _, rest = line.partition(":")
-                if key.startswith("Vm"):
-                    out[key] = int(rest.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
-
-
-def mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def mem_total() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def rel_diff(got, want) -> float:
-    import numpy as np
-    got = np.asarray(got, np.float32)
-    want = np.asarray(want, np.float32)
-    scale = float(np.max(np.abs(want))) or 1.0
-    return float(np.max(np.abs(got - want))) / scale
-
-
-def max_abs(got, want) -> float:
-    import numpy as np
-    return float(np.max(np.abs(np.asarray(got, np.float32) - np.asarray(want, np.float32))))
-
-
-def error_text(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}"
-    return text if len(text) <= 600 else text[:300] + " ... " + text[-300:]
-
-
-def fmt(x, spec, empty="-"):
-    return empty if x is None else format(x, spec)
-
-
-class Report:
-    """The JSON document; rewritten to disk after every change so a cut-short run keeps its rows."""
-
-    def __init__(self, args, mode):
-        import jax
-        import jaxlib
-        dev = jax.devices()[0]
-        self.doc = dict(
-            benchmark="attention", mode=mode, platform=jax.default_backend(),
-            device_kind=str(dev.device_kind), device_count=jax.device_count(),
-            jax_version=jax.__version__, jaxlib_version=getattr(jaxlib, "__version__", None),
-            python=platform.python_version(), date=datetime.date.today().isoformat(),
-            started=datetime.datetime.now().isoformat(timespec="seconds"), host=socket.gethostname(),
-            cpu_count=os.cpu_count(), mem_total_bytes=mem_total(), loadavg_at_start=list(os.getloadavg()),
-            argv=sys.argv[1:],
-            args={k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in vars(args).items()},
-            flop_convention="forward 4*B*H*Lq*Lk*D, halved for causal; forward+backward 3.5x forward",
-            checks=[], rows=[], targets=[], errors=[])
-        name = f"attention_{slug(self.doc['device_kind'])}_{self.doc['date']}.json"
-        self.path = Path(args.json) if args.json else Path(args.out_dir) / name
-
-    def save(self):
-        self.doc["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.doc, indent=1, default=str) + "\n")
-        os.replace(tmp, self.path)
+def make_report(args, mode) -> Report:
+    return Report("attention", json_path=args.json, out_dir=args.out_dir, mode=mode,
+                  args={k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in vars(args).items()},
+                  flop_convention="forward 4*B*H*Lq*Lk*D, halved for causal; forward+backward 3.5x forward",
+                  checks=[], rows=[], targets=[], errors=[])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,22 +98,6 @@ def gpu_attention_fn(name, causal, d):
     if name == "ours_xla":
         return lambda q, k, v: blockwise_attention(q, k, v, causal=causal, implementation="xla")
     raise ValueError(name)
-
-
-def timed_batches(fn, args, reps, batches, warmup):
-    """The anchors' timing: median over `batches` of `reps` back-to-back calls, awaited at the end."""
-    import jax
-    out = None
-    for _ in range(warmup):
-        out = jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(batches):
-        t = time.perf_counter()
-        for _ in range(reps):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        ts.append((time.perf_counter() - t) / reps)
-    return statistics.median(ts), ts, out
 
 
 def run_gpu(args, report):
@@ -237,10 +129,7 @@ def run_gpu(args, report):
           f"{batches}x{reps} calls per figure, budget {args.time_budget:.0f}s", flush=True)
 
     def record(row):
-        report.doc["rows"].append(row)
-        report.save()
-        short = {k: v for k, v in row.items() if k not in ("batch_ms",)}
-        print(json.dumps(short), flush=True)
+        report.add(row, hide=("batch_ms",))
 
     for d in head_dims:
         for L in lengths:
@@ -579,9 +468,7 @@ def run_cpu(args, report):
                 row["loadavg_1min"] = [load_before, os.getloadavg()[0]]
                 if row.get("ms"):
                     row["gflops"] = flops / (row["ms"] / 1e3) / 1e9
-            report.doc["rows"].append(row)
-            report.save()
-            print("  " + json.dumps({k: v for k, v in row.items() if k != "traceback"}), flush=True)
+            report.add(row, hide=("traceback",))
     report.doc["targets"] = cpu_targets(report.doc["rows"])
     report.save()
     print_cpu_table(report.doc["rows"], report.doc["targets"])
@@ -721,7 +608,7 @@ def main(argv=None):
     unknown = [i for i in (args.impls or "").split(",") if i and i not in known]
     if unknown:
         raise SystemExit(f"--impls {unknown} unknown in {mode} mode; choose from {list(known)}")
-    report = Report(args, mode)
+    report = make_report(args, mode)
     print(f"jax {report.doc['jax_version']} (jaxlib {report.doc['jaxlib_version']}) on "
           f"{report.doc['device_kind']} [{report.doc['platform']}], {report.doc['host']}, {report.doc['date']}",
           flush=True)
@@ -730,7 +617,6 @@ def main(argv=None):
         run_gpu(args, report)
     else:
         run_cpu(args, report)
-    report.doc["wall_s"] = time.time() - time.mktime(time.strptime(report.doc["started"], "%Y-%m-%dT%H:%M:%S"))
     report.save()
     print(f"\nwrote {report.path}")
     failed_checks = [c for c in report.doc["checks"] if not c.get("ok")]

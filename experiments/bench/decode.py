@@ -16,19 +16,13 @@ Results go to experiments/bench/results/decode_<device>_<date>.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import socket
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench.attention import RESULTS_DIR, error_text, slug, timed_batches
+from experiments.bench.harness import Report, copy_bandwidth, error_text, timed_batches
 from kernels_pallas import lean_decode_attention as lean
 from kernels_pallas.lean_decode_attention import reference as lean_reference
 
@@ -66,15 +60,7 @@ def decode_fns(platform, lengths_list):
     return fns
 
 
-def copy_bandwidth(nbytes, dtype):
-    """GB/s of x -> x + 1 (one read and one write of nbytes), the roofline the rows are judged by."""
-    x = jnp.zeros((nbytes // jnp.dtype(dtype).itemsize,), dtype)
-    f = jax.jit(lambda x: x + 1)
-    seconds, _, _ = timed_batches(f, (x,), reps=5, batches=3, warmup=1)
-    return 2 * nbytes / seconds / 1e9
-
-
-def run_kernels(shapes, platform, quick, rows, save):
+def run_kernels(shapes, platform, quick, report):
     hq, hkv = shapes["heads"]
     d, dtype = shapes["head_dim"], jnp.dtype(shapes["dtype"])
     peak = copy_bandwidth(1 << (30 if platform == "gpu" else 20 if quick else 28), dtype)
@@ -101,13 +87,11 @@ def run_kernels(shapes, platform, quick, rows, save):
                            max_abs_diff_vs_first=float(np.max(np.abs(out - want))))
             except Exception as e:  # one failing entry never stops the run
                 row["error"] = error_text(e)
-            rows.append(row)
-            save()
-            print(json.dumps({k: v for k, v in row.items() if k != "lengths"}), flush=True)
+            report.add(row, hide=("lengths",))
     return peak
 
 
-def run_generation(platform, quick, smoke, rows, save):
+def run_generation(platform, quick, smoke, report):
     """Tokens/s of decoder_lm.generate: lean decode vs masked dense attention over max_len."""
     from fintrans.models import decoder_lm
     import flax.linen as nn
@@ -129,15 +113,13 @@ def run_generation(platform, quick, smoke, rows, save):
             out = jax.block_until_ready(gen(params, prompt))
             seconds = time.perf_counter() - t
             row.update(seconds=seconds, tokens_per_s=batch * new / seconds)
-            first = next((r for r in rows if r.get("kind") == "generate" and "tokens" in r), None)
+            first = next((r for r in report.rows if r.get("kind") == "generate" and "tokens" in r), None)
             row["tokens"] = np.asarray(out)[:, prompt_len:].tolist()
             if first is not None:  # greedy decoding: both attention paths must pick the same tokens
                 row["same_tokens_as_lean"] = row["tokens"] == first["tokens"]
         except Exception as e:
             row["error"] = error_text(e)
-        rows.append(row)
-        save()
-        print(json.dumps(row), flush=True)
+        report.add(row)
 
 
 def main(argv=None):
@@ -148,24 +130,13 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny shapes: checks the script runs (tests)")
     args = parser.parse_args(argv)
     platform = jax.default_backend()
-    dev = jax.devices()[0]
-    doc = dict(benchmark="decode", platform=platform, device_kind=str(dev.device_kind),
-               jax_version=jax.__version__, date=datetime.date.today().isoformat(),
-               started=datetime.datetime.now().isoformat(timespec="seconds"), host=socket.gethostname(),
-               argv=sys.argv[1:] if argv is None else argv, num_programs=lean.default_num_programs(), rows=[])
-    path = Path(args.json) if args.json else RESULTS_DIR / f"decode_{slug(doc['device_kind'])}_{doc['date']}.json"
-
-    def save():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-        os.replace(tmp, path)
-
+    report = Report("decode", json_path=args.json, argv=argv, num_programs=lean.default_num_programs())
     shapes = SMOKE_SHAPES if args.smoke else GPU_SHAPES if platform == "gpu" else CPU_SHAPES
-    doc["copy_gb_per_s"] = run_kernels(shapes, platform, args.quick or args.smoke, doc["rows"], save)
+    report.doc["copy_gb_per_s"] = run_kernels(shapes, platform, args.quick or args.smoke, report)
     if not args.no_generate:
-        run_generation(platform, args.quick, args.smoke, doc["rows"], save)
-    print(f"wrote {path}")
+        run_generation(platform, args.quick, args.smoke, report)
+    report.save()
+    print(f"wrote {report.path}")
 
 
 if __name__ == "__main__":

@@ -38,21 +38,16 @@ slower. They are recorded under "targets" with the figures they compare.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import socket
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench.attention import RESULTS_DIR, error_text, slug, timed_batches
-from experiments.bench.decode import copy_bandwidth
+from experiments.bench.harness import Report, copy_bandwidth, error_text, max_rel_diff, timed_batches
 from kernels_pallas import flat_window_attention as fw
 
 # Per mode: tokens as samples x points on a grid, channels, heads, group sizes, the layer's
@@ -72,45 +67,8 @@ MODES = {
 TOL = {"bfloat16": {"out": 4e-2, "grad": 8e-2}, "float32": {"out": 1e-4, "grad": 2e-4}}
 
 
-class Report:
-    def __init__(self, args, mode, cfg):
-        import jaxlib
-        dev = jax.devices()[0]
-        self.doc = dict(
-            benchmark="window", mode=mode, platform=jax.default_backend(), device_kind=str(dev.device_kind),
-            jax_version=jax.__version__, jaxlib_version=getattr(jaxlib, "__version__", None),
-            date=datetime.date.today().isoformat(), started=datetime.datetime.now().isoformat(timespec="seconds"),
-            host=socket.gethostname(), cpu_count=os.cpu_count(), loadavg_at_start=list(os.getloadavg()),
-            argv=sys.argv[1:], config={k: v for k, v in cfg.items()},
-            floor_convention=("bytes each array read or written once / copy bandwidth: forward q,k,v,out; "
-                              "forward+backward q,k,v,cotangent,dq,dk,dv; fraction_of_floor = floor_ms / ms"),
-            rows=[], targets=[])
-        name = f"window_{slug(self.doc['device_kind'])}_{self.doc['date']}.json"
-        self.path = Path(args.json) if args.json else RESULTS_DIR / name
-        self.t0 = time.time()
-        self.budget = args.time_budget
-
-    def over_budget(self):
-        return self.budget is not None and time.time() - self.t0 > self.budget
-
-    def save(self):
-        self.doc["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-        self.doc["wall_s"] = round(time.time() - self.t0, 1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.doc, indent=1, default=str) + "\n")
-        os.replace(tmp, self.path)
-
-    def add(self, row):
-        self.doc["rows"].append(row)
-        self.save()
-        print(json.dumps(row), flush=True)
-
-
-def rel_err(got, want):
-    got = [np.asarray(jnp.asarray(g).astype(jnp.float32), np.float64) for g in got]
-    want = [np.asarray(jnp.asarray(w).astype(jnp.float32), np.float64) for w in want]
-    return max(float(np.max(np.abs(g - w))) / max(float(np.max(np.abs(w))), 1e-30) for g, w in zip(got, want))
+FLOOR_CONVENTION = ("bytes each array read or written once / copy bandwidth: forward q,k,v,out; "
+                    "forward+backward q,k,v,cotangent,dq,dk,dv; fraction_of_floor = floor_ms / ms")
 
 
 def measure(report, row, fn, args, cfg, reference=None, tol=None):
@@ -129,8 +87,8 @@ def measure(report, row, fn, args, cfg, reference=None, tol=None):
         row["ms"] = 1e3 * seconds
         row["ms_batches"] = [1e3 * b for b in batches]
         if reference is not None:
-            err = rel_err(out if isinstance(out, (tuple, list)) else (out,),
-                          reference if isinstance(reference, (tuple, list)) else (reference,))
+            err = max_rel_diff(out if isinstance(out, (tuple, list)) else (out,),
+                               reference if isinstance(reference, (tuple, list)) else (reference,))
             row["max_rel_diff_vs_anchor_xla"] = err
             row["numerics_ok"] = bool(err <= tol)
     except Exception as e:  # one failing entry never stops the run
@@ -429,7 +387,8 @@ def main(argv=None):
     cfg = dict(MODES[mode])
     if args.quick and not args.smoke:
         cfg.update(reps=max(1, cfg["reps"] // 2), batches=2)
-    report = Report(args, mode, cfg)
+    report = Report("window", json_path=args.json, time_budget=args.time_budget, argv=argv, mode=mode,
+                    config=dict(cfg), floor_convention=FLOOR_CONVENTION, targets=[])
     print(f"jax {jax.__version__} on {report.doc['device_kind']} [{platform}], mode {mode}", flush=True)
     nbytes = 1 << (30 if platform == "gpu" else 24 if args.smoke else 28)
     peak = copy_bandwidth(nbytes, cfg["dtype"])
