@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 export JAX_PLATFORMS ?= cpu
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test test-fast install install-test clean
 .DEFAULT_GOAL := demo
 
 $(BIN)/python:
@@ -36,6 +36,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+# The inner loop: everything but the `slow` tests (training runs, TPU compiles, processes, notebooks).
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) workdirs .pytest_cache

@@ -26,8 +26,24 @@ def hermetic_data_dir(tmp_path_factory):
         os.environ["FINTRANS_DATA_DIR"] = previous
 
 
+# Modules whose tests train, compile for TPUs, start processes or execute notebooks: `make test-fast`
+# (pytest -m "not slow") leaves them out for a quick inner loop; `make test` runs everything. A single
+# slow test elsewhere carries @pytest.mark.slow itself.
+SLOW_MODULES = (
+    "tests/notebooks/",
+    "tests/experiments/",
+    "tests/parallel/",
+    "tests/train/",
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """gpu_only / tpu_only tests run only where jax's default backend is that hardware."""
+    """Marks the slow modules' tests `slow`; gpu_only / tpu_only tests run only where jax's default
+    backend is that hardware."""
+    for item in items:
+        path = os.path.relpath(str(item.fspath), _REPO).replace(os.sep, "/")
+        if path.startswith(SLOW_MODULES):
+            item.add_marker(pytest.mark.slow)
     needs = {"gpu_only": "gpu", "tpu_only": "tpu"}
     marked = [(item, needs[m]) for item in items for m in needs if item.get_closest_marker(m)]
     if not marked:
