@@ -132,11 +132,12 @@ class MultiHeadAttention(nn.Module):
         if kind == "grouped":
             if groups is None:
                 raise ValueError(f"{self.name}: the grouped pattern needs groups= (a flat_window.GroupPlan)")
-            extra = [n for n, v in (("mask", mask), ("bias", bias), ("segment_ids", segment_ids)) if v is not None]
-            if extra or causal or self.decode or not self_attention:
+            inputs = (("mask", mask), ("bias", bias), ("segment_ids", segment_ids), ("causal", causal),
+                      ("decode", self.decode), ("context", not self_attention))
+            given = [n for n, v in inputs if v is not None and v is not False]
+            if given:
                 raise ValueError(f"{self.name}: the grouped pattern is self-attention within whole groups; it takes "
-                                 f"no masks, bias, segment ids, causality, cache or context "
-                                 f"(got {extra + ['causal'] * bool(causal) + ['decode'] * self.decode + ['context'] * (not self_attention)})")
+                                 f"no mask, bias, segment ids, causality, cache or context (got {given})")
         elif groups is not None:
             raise ValueError(f"{self.name}: groups= is for the grouped pattern, not {kind!r}")
         if kind == "local" and bias is not None:

@@ -143,3 +143,27 @@ def test_mha_local_pattern_decodes_token_by_token_like_the_whole_sequence():
         cache = new["cache"]
         outs.append(y)
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), want, atol=1e-5)
+
+
+def test_mha_grouped_pattern_attends_within_groups_with_the_offset_on_queries_and_keys_only():
+    from fintrans.ops import flat_window
+    rng = np.random.default_rng(0)
+    b, n, c = 2, 10, 8
+    coords = jnp.asarray(rng.integers(0, 6, (b * n, 2)), jnp.int32)
+    sample_ids = jnp.asarray(np.repeat(np.arange(b), n).astype(np.int32))
+    order = flat_window.window_order(coords, sample_ids, grid_shape=(6, 6), window_shape=(3, 3), axis="x")
+    plan = flat_window.make_group_plan(order, sample_ids, num_samples=b, group_size=4)
+    x, pe = (jnp.asarray(rng.standard_normal((b, n, c)), jnp.float32) for _ in range(2))
+    mha = MultiHeadAttention(num_heads=2, head_dim=4, pattern=AttentionPattern("grouped"))
+    params = mha.init(jax.random.PRNGKey(0), x, qk_offset=pe, groups=plan)
+    got = mha.apply(params, x, qk_offset=pe, groups=plan)
+
+    p = jax.tree.map(np.asarray, __import__("flax").linen.unbox(params))["params"]
+    proj = lambda inp, name: np.einsum("bnc,chd->bnhd", inp, p[name]["kernel"]) + p[name]["bias"]
+    q, k, v = proj(x + pe, "query"), proj(x + pe, "key"), proj(x, "value")
+    grouped = [flat_window.group_tokens(jnp.asarray(t.reshape(b * n, 2, 4)), plan) for t in (q, k, v)]
+    att = flat_window.ungroup_tokens(flat_window.grouped_attention(*grouped, implementation="reference"), plan)
+    want = np.einsum("bnhd,hdc->bnc", np.asarray(att).reshape(b, n, 2, 4), p["out"]["kernel"]) + p["out"]["bias"]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    without = mha.apply(params, x, groups=plan)  # the offset changes the result
+    assert not np.allclose(without, got, atol=1e-3)
