@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
     from fintrans import axes, parallel
     from fintrans.ops import attention as attn_lib
-    from fintrans.ops import dispatch
+    from fintrans.ops import dispatch, flat_window
 
     mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     seen = []
@@ -44,6 +44,9 @@ SCRIPT = textwrap.dedent('''
             ("gqa", (8, 64, 4, 16), (8, 64, 2, 16)),
             ("mqa", (8, 64, 4, 16), (8, 64, 1, 16)),
             ("small_batch", (2, 64, 4, 16), (2, 64, 4, 16)))}
+        # Grouped attention: groups take the batch's place, q/k/v heads split alike.
+        out["specs"]["grouped"] = [as_lists(s) for s in dispatch.shard_specs(
+            [(12, 16, 4, 16)] * 3, [flat_window.GROUP_AXES] * 3)]
         keys = jax.random.split(jax.random.key(0), 3)
         q = jax.random.normal(keys[0], (8, 64, 4, 16))
         k, v = (jax.random.normal(kk, (8, 64, 2, 16)) for kk in keys[1:])
@@ -106,6 +109,7 @@ def test_specs_split_batch_and_heads_as_the_rules_lay_out_activations(result):
     # A batch of 2 does not divide over data x fsdp = 4: not split.
     assert specs["small_batch"][0] == [None, None, "tensor", None]
     assert result["no_mesh"] is None
+    assert specs["grouped"] == [[batch, None, "tensor", None]] * 3
 
 
 def test_each_device_attends_over_its_own_shard_and_the_result_is_exact(result):
