@@ -45,9 +45,9 @@ import numpy as np
 
 from fintrans import axes
 from fintrans.layers import MLP, Dense, LayerNorm
+from fintrans.layers.attention import MultiHeadAttention
 from fintrans.layers.mlp import ACTIVATIONS, activation
 from fintrans.models import register
-from fintrans.layers.attention import MultiHeadAttention
 from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 from fintrans.ops import flat_window
 from fintrans.ops.patterns import AttentionPattern
