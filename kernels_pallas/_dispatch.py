@@ -23,7 +23,7 @@ def check_names(package: str, implementations: Sequence[str]) -> tuple[str, ...]
     """`implementations`, after checking each follows the naming scheme (at import: a typo fails early)."""
     bad = [n for n in implementations if n not in NAMES]
     if bad:
-        raise ValueError(f"{package}: implementation names {bad} are not in the scheme {NAMES}")
+        raise ValueError(f"{package}: implementation names {bad} are not in the naming scheme {NAMES}")
     return tuple(implementations)
 
 
