@@ -28,11 +28,11 @@ from fintrans import axes
 from fintrans.layers import Dense, Embed, LayerNorm, LearnedPositions, TransformerBlock, param_with_axes
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.models import register
-from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
+from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 
 
 @dataclasses.dataclass(frozen=True)
-class BertClassifierConfig(ModelConfig):
+class BertClassifierConfig(AttentionConfig):
     vocab_size: int = 1024
     max_len: int = 128  # learned position table (BERT: max_position_embeddings)
     type_vocab_size: int = 2  # segment (token type) embeddings

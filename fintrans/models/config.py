@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping
 
 import jax.numpy as jnp
 
-from fintrans.ops import attention as attention_ops
+from fintrans import ops
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -37,15 +37,13 @@ def check_rate(name: str, value: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Fields every model has: compute and parameter dtypes, and the attention implementation."""
+    """Fields every model has: compute and parameter dtypes."""
     dtype: str = "float32"
     param_dtype: str = "float32"
-    attention_impl: str | None = None  # None: best for the platform (see fintrans.ops.attention)
 
     def __post_init__(self):
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("param_dtype", self.param_dtype, DTYPES)
-        check_choice("attention_impl", self.attention_impl, (None,) + attention_ops.implementations())
         self.validate()
 
     def validate(self) -> None:
@@ -76,3 +74,23 @@ class ModelConfig:
 
     def replace(self, **changes):
         return self.from_dict({**dataclasses.asdict(self), **changes})
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig(ModelConfig):
+    """The base of models with attention: `attention_impl` names the implementation of every
+    attention op the model runs (fintrans.ops; None: the platform's best), checked against each."""
+    attention_impl: str | None = None
+
+    def attention_ops(self) -> tuple[str, ...]:
+        """The fintrans.ops ops this model's attention runs; a model with another op overrides this.
+        A config with `decode=True` also decodes one token at a time through decode_attention."""
+        return ("attention",) + (("decode_attention",) if getattr(self, "decode", False) else ())
+
+    def __post_init__(self):
+        for op in self.attention_ops():
+            try:
+                ops.OPS.get(op).validate(self.attention_impl)
+            except ValueError as err:
+                raise ConfigError(f"attention_impl={self.attention_impl!r}: {err}") from None
+        super().__post_init__()

@@ -15,11 +15,11 @@ from fintrans.layers import Dense, Embed, TransformerBlock, make_norm
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.layers.norms import NORMS
 from fintrans.models import register
-from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
+from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderLMConfig(ModelConfig):
+class DecoderLMConfig(AttentionConfig):
     vocab_size: int = 128
     max_len: int = 256  # longest sequence, and the KV cache length when decoding
     embed_dim: int = 128

@@ -18,8 +18,9 @@ As in the authors' code (mit-han-lab/flatformer, mmdet3d/models/middle_encoders/
   temperature ** (2 * (i // 2) / pos_length) per axis, interleaved sin/cos, [pe_x, pe_y], zero
   padded to embed_dim;
 - the four window orderings are computed once per forward pass and shared by all blocks.
-Here the projections, the FFN and the norms run on the flat tokens (they are pointwise); only
-q, k, v are gathered into groups and only the attention output is scattered back. The
+The attention is fintrans.layers.MultiHeadAttention with the grouped pattern (the pe enters as its
+qk_offset); the projections, the FFN and the norms run on the flat tokens (they are pointwise);
+only q, k, v are gathered into groups and only the attention output is scattered back. The
 authors read per-voxel features from a voxel encoder; this model's tokens are points, embedded by
 a pointwise Dense -> LayerNorm -> GELU -> Dense (the per-point layer of a PointPillars-style
 encoder), and several points may share a voxel. The head is one Dense to `num_classes` logits per
@@ -44,27 +45,16 @@ import numpy as np
 
 from fintrans import axes
 from fintrans.layers import MLP, Dense, LayerNorm
+from fintrans.layers.attention import MultiHeadAttention
 from fintrans.layers.mlp import ACTIVATIONS, activation
 from fintrans.models import register
-from fintrans.models.config import (DTYPES, ConfigError, ModelConfig, check_choice, check_positive,
-                                    check_rate)
-from fintrans.ops import attention as attention_ops
+from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 from fintrans.ops import flat_window
+from fintrans.ops.patterns import AttentionPattern
 
 # (name, sort axis, shifted windows) of the four layers of every block, in the authors' order.
 ORDERINGS = (("x", "x", False), ("x_shift", "x", True), ("y", "y", False), ("y_shift", "y", True))
 MAX_GROUP_SIZE = 1024  # the grouped-attention kernels keep a whole group in fast memory
-
-
-def grouped_impls() -> tuple[str, ...]:
-    """attention_impl values that run fintrans.ops.flat_window.grouped_attention."""
-    return tuple(flat_window.IMPLEMENTATIONS)
-
-
-def over_groups_impls() -> tuple[str, ...]:
-    """attention_impl values that run fintrans.ops.dot_product_attention with the groups as the
-    batch (xla_dense, xla_blockwise): the same attention through the general kernels."""
-    return tuple(i for i in attention_ops.implementations() if i not in grouped_impls())
 
 
 def _check_pair(name: str, value: Any) -> None:
@@ -74,7 +64,7 @@ def _check_pair(name: str, value: Any) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class FlatFormerConfig(ModelConfig):
+class FlatFormerConfig(AttentionConfig):
     in_features: int = 6  # per-point input features (synthetic_scenes: 6)
     num_classes: int = 5  # segmentation classes; 0: no head, the output is the backbone's features
     grid_shape: tuple[int, int] = (468, 468)  # (nx, ny) bird's-eye voxels; coords lie in [0, nx) x [0, ny)
@@ -89,17 +79,12 @@ class FlatFormerConfig(ModelConfig):
     dropout_rate: float = 0.0  # on the attention and FFN outputs before each residual
     pos_temperature: float = 10_000.0
     normalize_pos: bool = False  # True: coordinates scaled to [0, 2 pi) before the sinusoids
-    # attention_impl (from ModelConfig): None or a grouped_attention implementation (reference, xla,
-    # pallas_gpu, pallas_tpu), or xla_dense / xla_blockwise to attend within the same groups through
-    # fintrans.ops.dot_product_attention (groups as its batch), e.g. to compare against it.
+    # attention_impl (from AttentionConfig): None or an implementation of the grouped_attention op
+    # (reference, xla, pallas_gpu, pallas_tpu; or xla_dense / xla_blockwise, the general attention
+    # op with the groups as its batch, e.g. to compare against it).
 
-    def __post_init__(self):
-        # The base class checks attention_impl against fintrans.ops.attention's implementations;
-        # this model's attention is fintrans.ops.flat_window.grouped_attention (see attention_impl).
-        check_choice("dtype", self.dtype, DTYPES)
-        check_choice("param_dtype", self.param_dtype, DTYPES)
-        check_choice("attention_impl", self.attention_impl, (None,) + grouped_impls() + over_groups_impls())
-        self.validate()
+    def attention_ops(self) -> tuple[str, ...]:
+        return ("grouped_attention",)
 
     def validate(self):
         for name in ("in_features", "group_size", "embed_dim", "num_heads", "num_blocks", "mlp_dim"):
@@ -177,24 +162,14 @@ class FlatFormerLayer(nn.Module):
         """x, pe: [batch, max_points, embed_dim] -> [batch, max_points, embed_dim]."""
         cfg = self.config
         dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
-        b, n, c = x.shape
-        proj = lambda name: Dense((cfg.num_heads, cfg.head_dim), (axes.EMBED,), (axes.HEADS, axes.HEAD_DIM),
-                                  dtype=dtype, param_dtype=pdtype, name=name)
-        qk_in = x + pe.astype(x.dtype)
-        q, k, v = proj("query")(qk_in), proj("key")(qk_in), proj("value")(x)
-        grouped_spec = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_HEAD_DIM)
-        q, k, v = (nn.with_logical_constraint(flat_window.group_tokens(t.reshape((b * n,) + t.shape[2:]), plan),
-                                              grouped_spec) for t in (q, k, v))
-        if cfg.attention_impl in over_groups_impls():
-            out = attention_ops.dot_product_attention(q, k, v, implementation=cfg.attention_impl)
-        else:
-            out = flat_window.grouped_attention(q, k, v, implementation=cfg.attention_impl)
-        out = flat_window.ungroup_tokens(out, plan).reshape(b, n, cfg.num_heads, cfg.head_dim)
-        out = Dense(c, (axes.HEADS, axes.HEAD_DIM), (axes.EMBED,), dtype=dtype, param_dtype=pdtype,
-                    name="out")(out)
+        # Post-LN: x = LN(x + Attn(x)); the attention output's dropout is MultiHeadAttention's own.
+        out = MultiHeadAttention(cfg.num_heads, cfg.head_dim, use_bias=True, dropout_rate=cfg.dropout_rate,
+                                 attention_impl=cfg.attention_impl, pattern=AttentionPattern("grouped"),
+                                 dtype=dtype, param_dtype=pdtype, name="attention")(
+            x, qk_offset=pe, groups=plan, deterministic=deterministic)
         drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
         norm = lambda name: LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name=name)
-        x = norm("attention_norm")(x + drop(out))
+        x = norm("attention_norm")(x + out)
         h = MLP(cfg.mlp_dim, activation=cfg.activation, dropout_rate=0.0, dtype=dtype, param_dtype=pdtype,
                 name="mlp")(x, deterministic=deterministic)
         x = norm("mlp_norm")(x + drop(h))

@@ -25,14 +25,14 @@ import jax.numpy as jnp
 from fintrans import axes
 from fintrans.layers import Dense, LayerNorm, TransformerBlock
 from fintrans.models import register
-from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
+from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 
 ACTIVATIONS = ("relu", "gelu")
 NORM_EPSILON = 1e-5  # the authors' series-normalisation epsilon (inside the square root)
 
 
 @dataclasses.dataclass(frozen=True)
-class ITransformerConfig(ModelConfig):
+class ITransformerConfig(AttentionConfig):
     input_len: int = 96  # lookback (seq_len)
     horizon: int = 24  # pred_len
     num_channels: int = 1  # variates (enc_in)

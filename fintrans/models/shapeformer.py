@@ -44,14 +44,14 @@ from fintrans import axes
 from fintrans.layers import MLP, Dense, LayerNorm, MultiHeadAttention, TransformerBlock, param_with_axes, pool
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.models import register
-from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
+from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 from fintrans.models.t2 import check_series_batch
 
 CI_EPS = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
-class ShapeFormerConfig(ModelConfig):
+class ShapeFormerConfig(AttentionConfig):
     max_len: int = 100
     num_channels: int = 6
     num_classes: int = 4

@@ -39,11 +39,11 @@ from fintrans import axes
 from fintrans.layers import Dense, TransformerBlock, param_with_axes, pool, sinusoidal_positions
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.models import register
-from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
+from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 
 
 @dataclasses.dataclass(frozen=True)
-class T2Config(ModelConfig):
+class T2Config(AttentionConfig):
     max_len: int = 100  # longest series (sinusoidal table length); batches may be shorter
     num_channels: int = 6
     num_classes: int = 4

@@ -41,7 +41,7 @@ from fintrans.layers import Dense, TransformerBlock, param_with_axes
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.layers.transformer import NORM_POSITIONS
 from fintrans.models import register
-from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
+from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 
 HEADS = ("pool", "flatten")
 TIME2VEC_INPUTS = ("value", "time")
@@ -55,7 +55,7 @@ def time2vec(tau: jax.Array, omega: jax.Array, phi: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Time2VecEncoderConfig(ModelConfig):
+class Time2VecEncoderConfig(AttentionConfig):
     input_len: int = 96
     horizon: int = 24
     num_channels: int = 1

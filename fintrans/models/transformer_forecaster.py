@@ -32,13 +32,13 @@ from fintrans.layers import Dense, LayerNorm, TransformerBlock, sinusoidal_posit
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.layers.transformer import NORM_POSITIONS
 from fintrans.models import register
-from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
+from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 
 HEADS = ("flatten", "per_step")
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerForecasterConfig(ModelConfig):
+class TransformerForecasterConfig(AttentionConfig):
     input_len: int = 96
     horizon: int = 24
     num_channels: int = 1

@@ -24,13 +24,13 @@ from fintrans import axes
 from fintrans.layers import Dense, LayerNorm, LearnedPositions, PatchEmbed2D, TransformerBlock, param_with_axes
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.models import register
-from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
+from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 
 POOLINGS = ("cls", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTConfig(ModelConfig):
+class ViTConfig(AttentionConfig):
     image_size: int = 8  # square images [image_size, image_size, num_channels] (sklearn digits: 8x8x1)
     patch_size: int = 2
     num_channels: int = 1

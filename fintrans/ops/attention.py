@@ -1,53 +1,49 @@
-"""The one entry point through which layers get attention.
+"""Attention ops for layers: `attention` (dense/blockwise, any mask) and `decode_attention` (one
+new token per sequence against its KV cache).
 
-`dot_product_attention` validates shapes, then tries implementations in order of preference for
-the platform, falling through on NotImplementedError to 'xla', which always works.
+`dot_product_attention` and `decode_attention` validate shapes, then dispatch through their Op
+(fintrans.ops.dispatch): implementation=None tries the platform's kernel and falls through on
+NotImplementedError to 'xla'; a named implementation is used as asked, never replaced.
 
-Implementations (the `attention_impl` of every model config):
+attention implementations:
   xla            blockwise when the score matrix is large (>= BLOCKWISE_MIN_SCORES entries) and the
                  inputs allow it, dense otherwise; always works
   xla_dense      one [q_len, kv_len] score matrix per head: any bias or mask
   xla_blockwise  kernels_pallas.blockwise_attention's XLA online softmax: O(length) memory
+  reference      kernels_pallas.blockwise_attention's dense float32 oracle (same inputs as blockwise)
   pallas_gpu     the Pallas Triton kernel (preferred on GPU)
   pallas_tpu     the Pallas Mosaic kernel (preferred on TPU)
 The blockwise kernels take causal masks, segment ids and key-padding masks ([batch|1, 1, 1, kv_len],
 folded into segment ids); an additive bias, a per-query mask or values with their own head_dim
 raise NotImplementedError, which sends implementation=None on to dense XLA.
+
+decode_attention implementations: xla, reference, pallas_gpu, pallas_tpu (kernels_pallas.
+lean_decode_attention: stream-K lean decode, run per (batch, heads) shard under a mesh) and
+xla_dense (masked dense attention over the whole cache).
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
 from fintrans import axes
+from fintrans.ops import dispatch
+from fintrans.ops.dispatch import Op
 from kernels_pallas import blockwise_attention as blockwise
 from kernels_pallas import lean_decode_attention as lean
 
 Array = jax.Array
 
-# name -> function(q, k, v, *, bias, mask, causal, segment_ids, scale) -> out
-_IMPLEMENTATIONS: dict[str, Callable[..., Array]] = {}
-# platform -> names tried in order when implementation=None ('xla' is always appended).
-_PREFERENCE: dict[str, tuple[str, ...]] = {"cpu": (), "gpu": (), "tpu": ()}
+# Logical axes of the [batch, length, heads, head_dim] layout that attention never mixes: a Pallas
+# kernel runs per shard of these (dispatch.per_shard).
+Q_AXES = (axes.ACT_BATCH, None, axes.ACT_HEADS, None)
+KV_AXES = (axes.ACT_BATCH, None, axes.ACT_KV_HEADS, None)
+SEGMENT_AXES = (axes.ACT_BATCH, None)
 
 
-def register(name: str, fn: Callable[..., Array], platforms: tuple[str, ...] = ()) -> None:
-    """Adds an implementation, preferred over those registered before it on `platforms`."""
-    _IMPLEMENTATIONS[name] = fn
-    for p in platforms:
-        _PREFERENCE[p] = (name,) + tuple(n for n in _PREFERENCE.get(p, ()) if n != name)
-
-
-def implementations() -> tuple[str, ...]:
-    return tuple(_IMPLEMENTATIONS)
-
-
-def _check_shapes(q, k, v, bias, mask, segment_ids):
+def _check_shapes(q, k, v, *, bias=None, mask=None, segment_ids=None, **_):
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(
             "attention expects [batch, length, heads, head_dim] arrays; got "
@@ -89,8 +85,13 @@ def combined_mask(q_len, kv_len, *, mask=None, causal=False, segment_ids=None):
     return out
 
 
-def _dense_attention(q, k, v, *, bias=None, mask=None, causal=False, segment_ids=None, scale=None):
-    """Dense attention in XLA: float32 logits and softmax, output in q's dtype."""
+def _dense_attention(q, k, v, *, bias=None, mask=None, causal=False, segment_ids=None, scale=None,
+                     top_k=None):
+    """Dense attention in XLA: float32 logits and softmax, output in q's dtype.
+
+    top_k: each query keeps only its top_k largest visible scores (every score tied with the k-th
+    is kept); the top-k attention op's arithmetic.
+    """
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
     groups = hq // hkv
@@ -103,6 +104,12 @@ def _dense_attention(q, k, v, *, bias=None, mask=None, causal=False, segment_ids
     keep = combined_mask(lq, lk, mask=mask, causal=causal, segment_ids=segment_ids)
     if keep is not None:
         logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
+    if top_k is not None and top_k < lk:
+        # The threshold only selects entries: no gradient flows through the choice.
+        kth = jax.lax.stop_gradient(jax.lax.top_k(logits, top_k)[0][..., -1:])
+        chosen = logits >= kth
+        keep = chosen if keep is None else keep & chosen
+        logits = jnp.where(chosen, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     if keep is not None:
         # A query that may see no key at all (a padding row) gets zeros, not a uniform average.
@@ -112,10 +119,10 @@ def _dense_attention(q, k, v, *, bias=None, mask=None, causal=False, segment_ids
     return out.reshape(b, lq, hq, v.shape[-1]).astype(q.dtype)
 
 
-def _blockwise(implementation: str, per_shard: bool = False) -> Callable[..., Array]:
+def _blockwise(implementation: str, sharded: bool = False) -> Callable[..., Array]:
     """Adapts kernels_pallas.blockwise_attention to this module's signature.
 
-    per_shard: a Pallas kernel is an opaque custom call that XLA cannot split, so under a mesh it
+    sharded: a Pallas kernel is an opaque custom call that XLA cannot split, so under a mesh it
     would gather every input onto every device; instead it runs under shard_map on each device's
     batch (and head) shard, which attention never mixes.
     """
@@ -134,46 +141,11 @@ def _blockwise(implementation: str, per_shard: bool = False) -> Callable[..., Ar
         def kernel(q, k, v, pair):
             return blockwise.blockwise_attention(q, k, v, causal=causal, segment_ids=pair,
                                                  sm_scale=scale, implementation=implementation)
-        if per_shard:
-            return _per_shard(kernel, q, k, v, pair)
+        if sharded:
+            in_axes = (Q_AXES, KV_AXES, KV_AXES, (SEGMENT_AXES, SEGMENT_AXES))
+            return dispatch.per_shard(kernel, (q, k, v, pair), in_axes, Q_AXES)
         return kernel(q, k, v, pair)
     return attend
-
-
-def shard_specs(q_shape, kv_shape) -> tuple[P, P, P] | None:
-    """PartitionSpecs (q and output, k and v, segment ids) that split attention's inputs over the
-    current mesh the way the logical-axis rules lay out activations, or None without a mesh.
-
-    Only batch and heads are split (each device then attends independently). Heads are split only
-    when query and key/value heads map to the same mesh axes and both divide evenly, so a device's
-    query heads find their shared key/value heads locally (grouped-query attention).
-    """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or math.prod(mesh.shape.values()) == 1:
-        return None
-
-    def mesh_axes(logical, size):
-        names = nn.logical_to_mesh_axes((logical,))[0]
-        names = () if names is None else (names,) if isinstance(names, str) else tuple(names)
-        names = tuple(n for n in names if n in mesh.shape)
-        return names if names and size % math.prod(mesh.shape[n] for n in names) == 0 else ()
-
-    batch = mesh_axes(axes.ACT_BATCH, q_shape[0])
-    heads, kv_heads = mesh_axes(axes.ACT_HEADS, q_shape[2]), mesh_axes(axes.ACT_KV_HEADS, kv_shape[2])
-    if heads != kv_heads:
-        heads = kv_heads = ()
-    spec = lambda *dims: P(*(d if d else None for d in dims))
-    return spec(batch, (), heads, ()), spec(batch, (), kv_heads, ()), spec(batch, ())
-
-
-def _per_shard(kernel, q, k, v, pair):
-    specs = shard_specs(q.shape, k.shape)
-    if specs is None:
-        return kernel(q, k, v, pair)
-    q_spec, kv_spec, seg_spec = specs
-    seg_specs = None if pair is None else (seg_spec, seg_spec)
-    return jax.shard_map(kernel, in_specs=(q_spec, kv_spec, kv_spec, seg_specs), out_specs=q_spec,
-                         check_vma=False)(q, k, v, pair)
 
 
 def _segment_pair(q, k, mask, segment_ids):
@@ -210,11 +182,18 @@ def _xla_attention(q, k, v, **kwargs):
     return _dense_attention(q, k, v, **kwargs)
 
 
-register("xla_dense", _dense_attention)
-register("xla_blockwise", _xla_blockwise)
-register("xla", _xla_attention)
-register("pallas_gpu", _blockwise("pallas_gpu", per_shard=True), platforms=("gpu",))
-register("pallas_tpu", _blockwise("pallas_tpu", per_shard=True), platforms=("tpu",))
+ATTENTION = Op("attention", check=_check_shapes,
+               doc="softmax(q·kᵀ·scale + bias, masked)·v on [batch, length, heads, head_dim]")
+ATTENTION.register("xla_dense", _dense_attention)
+ATTENTION.register("xla_blockwise", _xla_blockwise)
+ATTENTION.register("reference", _blockwise("reference"))
+ATTENTION.register("xla", _xla_attention)
+ATTENTION.register("pallas_gpu", _blockwise("pallas_gpu", sharded=True), platforms=("gpu",))
+ATTENTION.register("pallas_tpu", _blockwise("pallas_tpu", sharded=True), platforms=("tpu",))
+
+
+def implementations() -> tuple[str, ...]:
+    return ATTENTION.names()
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, *, bias: Optional[Array] = None,
@@ -237,20 +216,40 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, bias: Optional[Array]
     Returns:
       [batch, q_len, heads, v's head_dim] in q's dtype. Queries with no visible key give zeros.
     """
-    _check_shapes(q, k, v, bias, mask, segment_ids)
-    kwargs = dict(bias=bias, mask=mask, causal=causal, segment_ids=segment_ids, scale=scale)
-    if implementation is not None:
-        if implementation not in _IMPLEMENTATIONS:
-            raise ValueError(f"unknown attention implementation {implementation!r}; "
-                             f"choose from {sorted(_IMPLEMENTATIONS)} or None")
-        return _IMPLEMENTATIONS[implementation](q, k, v, **kwargs)
-    platform = jax.default_backend()
-    for name in _PREFERENCE.get(platform, ()) + ("xla",):
-        try:
-            return _IMPLEMENTATIONS[name](q, k, v, **kwargs)
-        except NotImplementedError:
-            continue
-    raise AssertionError("unreachable: xla attention always works")
+    return ATTENTION(q, k, v, bias=bias, mask=mask, causal=causal, segment_ids=segment_ids, scale=scale,
+                     implementation=implementation)
+
+
+def _dense_decode(q, k_cache, v_cache, lengths, *, scale=None):
+    keep = (jnp.arange(k_cache.shape[1])[None, :] < lengths[:, None])[:, None, None, :]
+    return _dense_attention(q[:, None], k_cache, v_cache, mask=keep, scale=scale)[:, 0]
+
+
+def _lean(implementation: str) -> Callable[..., Array]:
+    """kernels_pallas.lean_decode_attention's `implementation`, per (batch, heads) shard under a
+    mesh: its schedule flattens work across sequences and heads, which XLA could not split (and a
+    Pallas call not at all)."""
+    def attend(q, k_cache, v_cache, lengths, *, scale=None):
+        def kernel(q, k_cache, v_cache, lengths):
+            return lean.lean_decode_attention(q, k_cache, v_cache, lengths, sm_scale=scale,
+                                              implementation=implementation)
+        q_axes = (axes.ACT_BATCH, axes.ACT_HEADS, None)  # q has no length axis
+        return dispatch.per_shard(kernel, (q, k_cache, v_cache, lengths), (q_axes, KV_AXES, KV_AXES, (axes.ACT_BATCH,)),
+                         q_axes)
+    return attend
+
+
+def _check_decode(q, k_cache, v_cache, lengths, *, scale=None):
+    lean.common.check_inputs(q, k_cache, v_cache, lengths, scale)
+
+
+DECODE = Op("decode_attention", check=_check_decode,
+            doc="one query token per sequence against the first lengths[b] tokens of its KV cache")
+DECODE.register("xla_dense", _dense_decode)
+DECODE.register("reference", _lean("reference"))
+DECODE.register("xla", _lean("xla"))
+DECODE.register("pallas_gpu", _lean("pallas_gpu"), platforms=("gpu",))
+DECODE.register("pallas_tpu", _lean("pallas_tpu"), platforms=("tpu",))
 
 
 def decode_attention(q: Array, k_cache: Array, v_cache: Array, lengths: Array, *,
@@ -261,28 +260,9 @@ def decode_attention(q: Array, k_cache: Array, v_cache: Array, lengths: Array, *
       q: [batch, q_heads, head_dim]; k_cache, v_cache: [batch, max_len, kv_heads, head_dim].
       lengths: int [batch], the cached tokens each query sees (its own included).
       scale: defaults to head_dim ** -0.5.
-      implementation: None or a name of kernels_pallas.lean_decode_attention (stream-K lean decode;
-        None picks the platform's kernel), or 'xla_dense' (masked dense attention over max_len).
+      implementation: None (the platform's lean decode kernel, falling through to 'xla') or one of
+        DECODE.names(): the lean kernel's xla/reference/pallas_gpu/pallas_tpu, or xla_dense.
     Returns:
       [batch, q_heads, head_dim] in q's dtype.
     """
-    if implementation == "xla_dense":
-        keep = (jnp.arange(k_cache.shape[1])[None, :] < lengths[:, None])[:, None, None, :]
-        return _dense_attention(q[:, None], k_cache, v_cache, mask=keep, scale=scale)[:, 0]
-
-    def kernel(q, k_cache, v_cache, lengths):
-        return lean.lean_decode_attention(q, k_cache, v_cache, lengths, sm_scale=scale,
-                                          implementation=implementation)
-    return _decode_per_shard(kernel, q, k_cache, v_cache, lengths)
-
-
-def _decode_per_shard(kernel, q, k_cache, v_cache, lengths):
-    """Under a mesh, runs the lean kernel on each (batch, heads) shard: its schedule flattens work
-    across sequences and heads, which XLA could not split (and a Pallas call not at all)."""
-    specs = shard_specs((q.shape[0], 1) + q.shape[1:], k_cache.shape)
-    if specs is None:
-        return kernel(q, k_cache, v_cache, lengths)
-    q_spec, kv_spec, _ = specs
-    q_spec = P(q_spec[0], q_spec[2], q_spec[3])  # q has no length axis
-    return jax.shard_map(kernel, in_specs=(q_spec, kv_spec, kv_spec, P(q_spec[0])), out_specs=q_spec,
-                         check_vma=False)(q, k_cache, v_cache, lengths)
+    return DECODE(q, k_cache, v_cache, lengths, scale=scale, implementation=implementation)

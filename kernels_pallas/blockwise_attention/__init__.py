@@ -24,9 +24,8 @@ from kernels_pallas.blockwise_attention.common import BlockSizes, check_inputs
 
 __all__ = ["blockwise_attention", "BlockSizes", "IMPLEMENTATIONS", "PREFERENCE"]
 
-IMPLEMENTATIONS = ("reference", "xla", "pallas_tpu", "pallas_gpu")
-# Tried in order for implementation=None; 'xla' always comes last because it always works.
-PREFERENCE = {"tpu": ("pallas_tpu", "xla"), "gpu": ("pallas_gpu", "xla"), "cpu": ("xla",)}
+IMPLEMENTATIONS = _dispatch.check_names(__name__, ("reference", "xla", "pallas_tpu", "pallas_gpu"))
+PREFERENCE = _dispatch.PREFERENCE
 
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,

@@ -35,9 +35,8 @@ from kernels_pallas.flat_window_attention.sorting import window_order, window_so
 __all__ = ["grouped_attention", "window_order", "window_sort_keys", "make_group_plan", "GroupPlan",
            "group_tokens", "ungroup_tokens", "num_groups_for", "IMPLEMENTATIONS", "PREFERENCE"]
 
-IMPLEMENTATIONS = ("reference", "xla", "pallas_gpu", "pallas_tpu")
-# Tried in order for implementation=None; 'xla' always comes last because it always works.
-PREFERENCE = {"cpu": ("xla",), "gpu": ("pallas_gpu", "xla"), "tpu": ("pallas_tpu", "xla")}
+IMPLEMENTATIONS = _dispatch.check_names(__name__, ("reference", "xla", "pallas_gpu", "pallas_tpu"))
+PREFERENCE = _dispatch.PREFERENCE
 
 
 def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, sm_scale: Optional[float] = None,

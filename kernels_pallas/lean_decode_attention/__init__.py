@@ -23,8 +23,8 @@ from kernels_pallas.lean_decode_attention.common import check_inputs
 
 __all__ = ["lean_decode_attention", "IMPLEMENTATIONS", "PREFERENCE", "default_num_programs"]
 
-IMPLEMENTATIONS = ("reference", "xla", "pallas_gpu", "pallas_tpu")
-PREFERENCE = {"cpu": ("xla",), "gpu": ("pallas_gpu", "xla"), "tpu": ("pallas_tpu", "xla")}
+IMPLEMENTATIONS = _dispatch.check_names(__name__, ("reference", "xla", "pallas_gpu", "pallas_tpu"))
+PREFERENCE = _dispatch.PREFERENCE
 
 
 def default_num_programs(platform: Optional[str] = None) -> int:

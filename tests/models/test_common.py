@@ -13,10 +13,12 @@ import pytest
 
 import fintrans.models as models
 from fintrans import axes
-from fintrans.models.config import ConfigError, ModelConfig
+from fintrans.models.config import AttentionConfig, ConfigError, ModelConfig
 from model_cases import CASES, built, config_of, grad_fn, jit, train_fn
 
 NAMES = sorted(CASES)
+# Models whose configs carry attention_impl: those that run an attention op.
+ATTENTION_NAMES = [n for n in NAMES if issubclass(models.get(n).config, AttentionConfig)]
 AXIS_NAMES = {v for k, v in vars(axes).items() if k.isupper() and isinstance(v, str)}
 
 
@@ -107,7 +109,14 @@ def test_parameters_carry_logical_axes(name):
         nn.logical_to_mesh_axes(leaf.names, axes.DEFAULT_RULES)
 
 
-@pytest.mark.parametrize("name", NAMES)
+def test_only_models_with_attention_have_attention_impl():
+    without = {"autoformer", "dlinear", "lmuformer", "nlinear", "sansformer"}
+    assert set(NAMES) - set(ATTENTION_NAMES) == without
+    for name in NAMES:
+        assert ("attention_impl" in models.get(name).config.field_names()) == (name in ATTENTION_NAMES)
+
+
+@pytest.mark.parametrize("name", ATTENTION_NAMES)
 def test_blockwise_attention_gives_the_dense_outputs(name):
     """The config's attention_impl reaches every attention layer (masks and all)."""
     b = built(name)  # the case's default: dense at these lengths
@@ -135,7 +144,7 @@ def test_registry_round_trip(name):
     spec = models.get(name)
     cfg_cls, module_cls = spec
     assert issubclass(cfg_cls, ModelConfig) and issubclass(module_cls, nn.Module)
-    assert {"dtype", "param_dtype", "attention_impl"} <= set(cfg_cls.field_names())
+    assert {"dtype", "param_dtype"} <= set(cfg_cls.field_names())
     cfg = config_of(name)
     assert isinstance(cfg, cfg_cls) and cfg.replace() == cfg
     built_model = models.build(name, CASES[name].config)
@@ -164,7 +173,8 @@ def test_unknown_config_field_is_named(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_config_values_are_named(name):
     cfg_cls, _ = models.get(name)
-    for field, value in CASES[name].bad_values + (("dtype", "float8"), ("attention_impl", "flash")):
+    extra = (("attention_impl", "flash"),) if name in ATTENTION_NAMES else ()
+    for field, value in CASES[name].bad_values + (("dtype", "float8"),) + extra:
         with pytest.raises(ConfigError, match=re.escape(field)):
             cfg_cls.from_dict({**CASES[name].config, field: value})
 

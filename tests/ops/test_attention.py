@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fintrans.ops import attention as attn_lib
+from fintrans.ops import dispatch
 from fintrans.ops import dot_product_attention
 
 
@@ -113,15 +114,18 @@ def test_dispatch_falls_through_to_xla_and_names_unknown_implementations(monkeyp
         calls.append(1)
         raise NotImplementedError("not for these shapes")
 
-    monkeypatch.setitem(attn_lib._IMPLEMENTATIONS, "fake_kernel", unsupported)
-    monkeypatch.setitem(attn_lib._PREFERENCE, jax.default_backend(), ("fake_kernel",))
+    op = attn_lib.ATTENTION
+    monkeypatch.setitem(op.implementations._entries, "cudnn",
+                        dispatch.Implementation(unsupported, (jax.default_backend(),)))
+    monkeypatch.setattr(op, "_preferred", ["cudnn"])
+    assert op.preference() == ("cudnn", "xla")
     q, k, v = _qkv(7)
     out = dot_product_attention(q, k, v)
     assert calls == [1]
     np.testing.assert_allclose(out, oracle(q, k, v), atol=2e-5)
     with pytest.raises(NotImplementedError):  # a named implementation is never silently replaced
-        dot_product_attention(q, k, v, implementation="fake_kernel")
-    with pytest.raises(ValueError, match=r"unknown attention implementation 'flash'.*'xla'"):
+        dot_product_attention(q, k, v, implementation="cudnn")
+    with pytest.raises(ValueError, match=r"'flash' is not an implementation of the attention op.*'xla'"):
         dot_product_attention(q, k, v, implementation="flash")
 
 
