@@ -133,7 +133,7 @@ def test_low_precision_config_traces(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_registry_round_trip(name):
     spec = models.get(name)
-    cfg_cls, module_cls = spec
+    cfg_cls, module_cls = spec.config, spec.module
     assert issubclass(cfg_cls, ModelConfig) and issubclass(module_cls, nn.Module)
     assert {"dtype", "param_dtype", "attention_impl"} <= set(cfg_cls.field_names())
     cfg = config_of(name)
@@ -153,7 +153,7 @@ def test_unknown_model_names_the_registered_ones():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_unknown_config_field_is_named(name):
-    cfg_cls, _ = models.get(name)
+    cfg_cls = models.get(name).config
     with pytest.raises(ConfigError, match="bogus_field") as err:
         cfg_cls.from_dict({**CASES[name].config, "bogus_field": 1})
     assert "valid fields" in str(err.value)
@@ -163,7 +163,7 @@ def test_unknown_config_field_is_named(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_config_values_are_named(name):
-    cfg_cls, _ = models.get(name)
+    cfg_cls = models.get(name).config
     for field, value in CASES[name].bad_values + (("dtype", "float8"), ("attention_impl", "flash")):
         with pytest.raises(ConfigError, match=re.escape(field)):
             cfg_cls.from_dict({**CASES[name].config, field: value})
