@@ -26,3 +26,57 @@ def tiny_dlinear(**overrides):
     return c
 
 
+
+
+# --- a tiny model with every trainer hook: BatchNorm statistics (model_state), a sown auxiliary
+# loss, and a num_classes taken from the data (None in the config) ---------------------------------
+import dataclasses  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from fintrans import axes, models  # noqa: E402
+from fintrans.layers import Dense  # noqa: E402
+from fintrans.layers.norms import BatchNorm  # noqa: E402
+from fintrans.models.config import ModelConfig  # noqa: E402
+from fintrans.train.config import model_fields  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class HookedMLPConfig(ModelConfig):
+    DATA_FIELDS = {"num_classes": "num_classes"}
+    num_classes: int | None = None  # from the data
+    hidden: int = 16
+    aux_weight: float = 0.01
+
+
+class HookedMLP(nn.Module):
+    """inputs [B, ...] -> Dense -> BatchNorm -> relu (sowing aux_weight·mean(h²)) -> Dense head."""
+    config: HookedMLPConfig
+
+    @nn.compact
+    def __call__(self, batch, *, train: bool = False):
+        cfg = self.config
+        x = batch["inputs"].reshape(batch["inputs"].shape[0], -1).astype(jnp.float32)
+        h = Dense(cfg.hidden, (axes.EMBED,), (axes.MLP,), name="body")(x)
+        h = nn.relu(BatchNorm(momentum=0.9, name="norm")(h, train=train))
+        self.sow("aux_loss", "activation_l2", cfg.aux_weight * jnp.mean(jnp.square(h)))
+        return Dense(cfg.num_classes, (axes.MLP,), (axes.CLASSES,), name="head")(h)
+
+
+models.register("test_hooked_mlp", HookedMLPConfig, HookedMLP)
+
+
+def tiny_hooked(**overrides):
+    """HookedMLP on sklearn digits, a few steps; trainer fields in `overrides`."""
+    from experiments.configs import vit_digits
+    c = vit_digits.get_config("runlocal")
+    c.model = model_fields("test_hooked_mlp")
+    c.batch_size, c.eval_batch_size = 16, 64
+    c.total_steps, c.log_every, c.eval_every, c.eval_batches, c.checkpoint_every = 8, 1, 4, 2, 4
+    c.optimizer.warmup_steps = 2
+    c.progress_bar = False
+    c.sample.num_examples = 2
+    for key, value in overrides.items():
+        c[key] = value
+    return c
