@@ -1,5 +1,16 @@
 """Tiny experiment configs for trainer tests: the real configs, shrunk to compile and run in seconds."""
-from experiments.configs import lm_chars, ltsf_sp500
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+import pytest
+
+from experiments.configs import lm_chars, ltsf_sp500, vit_digits
+from fintrans import axes, models
+from fintrans.layers import Dense
+from fintrans.layers.norms import BatchNorm
+from fintrans.models.config import ModelConfig
+from fintrans.train.config import model_fields
 
 
 def tiny_lm(**overrides):
@@ -26,22 +37,8 @@ def tiny_dlinear(**overrides):
     return c
 
 
-
-
 # --- a tiny model with every trainer hook: BatchNorm statistics (model_state), a sown auxiliary
 # loss, and a num_classes taken from the data (None in the config) ---------------------------------
-import dataclasses  # noqa: E402
-
-import flax.linen as nn  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from fintrans import axes, models  # noqa: E402
-from fintrans.layers import Dense  # noqa: E402
-from fintrans.layers.norms import BatchNorm  # noqa: E402
-from fintrans.models.config import ModelConfig  # noqa: E402
-from fintrans.train.config import model_fields  # noqa: E402
-
-
 @dataclasses.dataclass(frozen=True)
 class HookedMLPConfig(ModelConfig):
     DATA_FIELDS = {"num_classes": "num_classes"}
@@ -64,12 +61,17 @@ class HookedMLP(nn.Module):
         return Dense(cfg.num_classes, (axes.MLP,), (axes.CLASSES,), name="head")(h)
 
 
-models.register("test_hooked_mlp", HookedMLPConfig, HookedMLP)
+@pytest.fixture(scope="module", autouse=True)
+def hooked_mlp_registered():
+    """Registered only while a module here runs: the model tests check that every registered model has
+    a case."""
+    models.register("test_hooked_mlp", HookedMLPConfig, HookedMLP)
+    yield
+    models.MODELS.unregister("test_hooked_mlp")
 
 
 def tiny_hooked(**overrides):
     """HookedMLP on sklearn digits, a few steps; trainer fields in `overrides`."""
-    from experiments.configs import vit_digits
     c = vit_digits.get_config("runlocal")
     c.model = model_fields("test_hooked_mlp")
     c.batch_size, c.eval_batch_size = 16, 64

@@ -30,7 +30,11 @@ class _TwoViews(Classification):
         return loss + self.weight * loss_noisy, metrics
 
 
-tasks.TASKS.register(_TwoViews.name, _TwoViews)
+@pytest.fixture(scope="module", autouse=True)
+def two_views_registered():
+    tasks.TASKS.register(_TwoViews.name, _TwoViews)
+    yield
+    tasks.TASKS.unregister(_TwoViews.name)
 
 
 def test_build_validates_options():
