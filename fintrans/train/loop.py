@@ -133,7 +133,8 @@ class ModelCaller:
 
     Each call runs `model.apply` with the current model state; in training the mutable collections
     come back and become the state the next call (and the next step) sees, and values sown into
-    "aux_loss" are summed into `aux_losses`. In evaluation the state is used, never updated."""
+    "aux_loss" are summed into `aux_losses`. In evaluation the state is used, never updated; so is it
+    in a training call the task makes with `train=False` (a deterministic pass, e.g. a target)."""
 
     def __init__(self, model: nn.Module, model_state: dict, *, train: bool):
         self.model, self.model_state, self.train = model, model_state, train
@@ -142,7 +143,7 @@ class ModelCaller:
     def __call__(self, params, batch, *, rng=None, **model_kwargs):
         variables = {"params": params, **self.model_state}
         rngs = {"dropout": rng} if rng is not None else None
-        if not self.train:
+        if not model_kwargs.pop("train", self.train):
             return self.model.apply(variables, batch, train=False, rngs=rngs, **model_kwargs)
         mutable = [*self.model_state, "aux_loss"]
         outputs, updates = self.model.apply(variables, batch, train=True, rngs=rngs, mutable=mutable,

@@ -81,6 +81,7 @@ def test_apply_fn_threads_model_state_through_several_calls():
     params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
     caller = ModelCaller(model, state, train=True)
     caller(params, b1)
+    caller(params, b1, train=False)  # a deterministic pass inside training: reads the state, changes nothing
     caller(params, b2)
     expected, aux = state, 0.0
     for b in (b1, b2):  # the same two passes by hand, each seeing the state the previous one left
