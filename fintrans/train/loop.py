@@ -124,8 +124,9 @@ def resolve_data_fields(config_cls, fields: dict, info: dict, data_cfg) -> dict:
     return fields
 
 
-# Collections a model writes during apply that are not state to carry between steps.
-_TRANSIENT_COLLECTIONS = ("params", "aux_loss", "intermediates")
+# Collections of init's output that are not model state: the parameters, and what apply writes that
+# does not carry over to the next step (sown losses, intermediates).
+_NOT_MODEL_STATE = ("params", "aux_loss", "intermediates")
 
 
 class ModelCaller:
@@ -214,7 +215,7 @@ class Trainer:
             dummy = {k: jnp.zeros(s, d) for k, (s, d) in global_shapes.items()}
             variables = self.model.init({"params": rng, "dropout": rng}, dummy, train=False)
             params = variables["params"]
-            model_state = {k: v for k, v in variables.items() if k not in _TRANSIENT_COLLECTIONS}
+            model_state = {k: v for k, v in variables.items() if k not in _NOT_MODEL_STATE}
             return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=self.tx.init(params),
                               model_state=model_state, ema_params=params if self.ema_decay else None)
 
