@@ -131,8 +131,14 @@ class BestParams:
 
 
 def read_params(path: str | os.PathLike) -> tuple[Any, int]:
-    """(params as host arrays, step) of the latest checkpoint under `path`: a run's workdir, its
-    checkpoints/ directory, or one step's directory in it."""
+    """(params as host arrays, step) of the latest checkpoint under `path` (see read_state)."""
+    state, step = read_state(path)
+    return state["params"], step
+
+
+def read_state(path: str | os.PathLike) -> tuple[dict, int]:
+    """(the train state as a dict of host arrays, step) of the latest checkpoint under `path`: a run's
+    workdir, its checkpoints/ directory, or one step's directory in it."""
     path = Path(path).absolute()
     if (path / "state").is_dir() and path.name.isdigit():
         directory, step = path.parent, int(path.name)
@@ -155,7 +161,7 @@ def read_params(path: str | os.PathLike) -> tuple[Any, int]:
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     finally:
         manager.close()
-    return state["params"], step
+    return state, step
 
 
 def transfer_params(source: Any, fresh: Any, *, keep_fresh: tuple[str, ...] = ()) -> tuple[Any, list[str]]:

@@ -45,8 +45,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.best_metric = ""
     c.best_mode = "min"  # or 'max'
     # Warm start (pretrain -> fine-tune): a fresh run (no checkpoint of its own yet) takes its parameters
-    # from another run's latest checkpoint (its workdir); parameters under the comma-separated paths of
-    # init_from_keep_fresh ('head') keep their fresh initialisation. The optimizer state starts fresh.
+    # and model state (BatchNorm statistics) from another run's latest checkpoint (its workdir); those under
+    # the comma-separated paths of init_from_keep_fresh ('head') keep their fresh initialisation. The
+    # optimizer state starts fresh.
     c.init_from = ""
     c.init_from_keep_fresh = ""
     # Fine-tune a subset: comma-separated regexes over '/'-joined parameter paths ('head',

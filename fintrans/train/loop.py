@@ -34,7 +34,8 @@ from fintrans.models.config import ConfigError
 from fintrans.train import checkpoint as ckpt
 from fintrans.train import metrics as metrics_lib
 from fintrans.train.config import validate
-from fintrans.train.optim import learning_rate_schedule, make_optimizer, parse_trainable, trainable_mask
+from fintrans.train.optim import (learning_rate_schedule, make_optimizer, param_path, parse_trainable,
+                                  trainable_mask)
 from fintrans.train.state import TrainState
 
 log = logging.getLogger("fintrans.train")
@@ -347,19 +348,32 @@ def _global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
+def _model_state_paths_under(model_state: dict, keep_fresh: tuple[str, ...]) -> tuple[str, ...]:
+    """init_from_keep_fresh names parameter paths ('head'); a layer kept fresh keeps fresh statistics
+    too: the model-state paths under those ('batch_stats/head')."""
+    paths = [param_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(model_state)]
+    prefixes = [f"{collection}/{k.rstrip('/')}" for collection in model_state for k in keep_fresh]
+    return tuple(x for x in prefixes if any(p == x or p.startswith(x + "/") for p in paths))
+
+
 def _warm_start(state: TrainState, cfg: ml_collections.ConfigDict) -> tuple[TrainState, dict]:
-    """`state` with its parameters taken from the run at cfg.init_from (see checkpoint.transfer_params)."""
-    source, source_step = ckpt.read_params(cfg.init_from)
+    """`state` with its parameters, and its model state (BatchNorm statistics) if it has one, taken from
+    the run at cfg.init_from (see checkpoint.transfer_params)."""
+    source, source_step = ckpt.read_state(cfg.init_from)
     keep_fresh = tuple(filter(None, (p.strip() for p in cfg.get("init_from_keep_fresh", "").split(","))))
     try:
-        params, unused = ckpt.transfer_params(source, state.params, keep_fresh=keep_fresh)
+        params, unused = ckpt.transfer_params(source["params"], state.params, keep_fresh=keep_fresh)
+        model_state = state.model_state
+        if jax.tree.leaves(model_state):
+            model_state, _ = ckpt.transfer_params(source.get("model_state", {}), model_state,
+                                                  keep_fresh=_model_state_paths_under(model_state, keep_fresh))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     log.info("initialised from step %d of %s (kept fresh: %s; not used from there: %s)", source_step,
              cfg.init_from, list(keep_fresh), unused)
     # The EMA starts from the parameters training starts from.
     ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
-    return (state.replace(params=params, ema_params=ema),
+    return (state.replace(params=params, model_state=model_state, ema_params=ema),
             {"path": cfg.init_from, "step": source_step, "unused": unused})
 
 

@@ -136,3 +136,21 @@ def test_resume_is_bitwise_exact_with_every_hook_on(tmp_path, hooked_run):
     assert rows(whole_dir) == rows(tmp_path)
     assert any("train/aux_loss" in r for r in rows(tmp_path))
     _assert_trees_equal(whole["state"], second["state"])  # params, opt_state, batch_stats, EMA
+
+
+def test_warm_start_takes_the_model_state_too(hooked_run):
+    from fintrans.train.loop import _warm_start
+    source_dir, source = hooked_run
+    config = tiny_hooked(init_from=str(source_dir), **HOOKS)
+    t = Trainer(config, None)
+    fresh, _ = t.init_state(t.example_batch())
+    warm, info = _warm_start(fresh, config)
+    assert info["step"] == 8
+    _assert_trees_equal(warm.model_state, source["state"].model_state)
+    _assert_trees_equal(warm.ema_params, source["state"].params)  # the EMA restarts from the taken params
+    # A layer kept fresh keeps fresh statistics as well.
+    config.init_from_keep_fresh = "norm"
+    kept, _ = _warm_start(fresh, config)
+    _assert_trees_equal(kept.model_state, fresh.model_state)
+    _assert_trees_equal(kept.params["norm"], fresh.params["norm"])
+    _assert_trees_equal(kept.params["head"], source["state"].params["head"])
