@@ -49,6 +49,9 @@ class Task:
     # key -> (rank or -1 for any, 'int' | 'float' | 'bool' | 'any'); see check_keys.
     batch_spec: ClassVar[Mapping[str, tuple[int, str]]] = {}
 
+    def __init__(self) -> None:
+        """No options; subclasses with options take them as keyword arguments."""
+
     def check_batch(self, batch: Mapping[str, Any]) -> None:
         """Host-side check of a numpy batch; raises BatchError naming the key and shape."""
         check_keys(self.name, batch, self.batch_spec)
@@ -87,8 +90,9 @@ def build(name: str, options: Mapping[str, Any] | None = None) -> Task:
     cls = TASKS.get(name)
     options = dict(options.to_dict() if hasattr(options, "to_dict") else (options or {}))
     valid = option_names(cls)
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
     unknown = sorted(set(options) - set(valid))
-    if unknown:
+    if unknown and not takes_any:  # a class taking **options validates them itself
         raise ConfigError(f"task {name!r} has no option(s) {unknown}; its options are {list(valid) or 'none'}")
     try:
         inspect.signature(cls.__init__).bind(None, **options)
