@@ -154,3 +154,18 @@ def test_warm_start_takes_the_model_state_too(hooked_run):
     _assert_trees_equal(kept.model_state, fresh.model_state)
     _assert_trees_equal(kept.params["norm"], fresh.params["norm"])
     _assert_trees_equal(kept.params["head"], source["state"].params["head"])
+
+
+def test_data_fields_resolution_rules():
+    from fintrans.train.loop import resolve_data_fields
+    from tests.train.conftest import HookedMLPConfig
+    info = {"name": "toy", "num_classes": 3}
+    assert resolve_data_fields(HookedMLPConfig, {}, info, {})["num_classes"] == 3  # default None: filled
+    assert resolve_data_fields(HookedMLPConfig, {"num_classes": 3}, info, {})["num_classes"] == 3
+    with pytest.raises(ConfigError, match=r"model.num_classes is None .* dataset 'toy' has no 'num_classes'"):
+        resolve_data_fields(HookedMLPConfig, {}, {"name": "toy"}, {})
+    # The data config counts as the data too, and lists from JSON info equal tuples.
+    assert resolve_data_fields(HookedMLPConfig, {"num_classes": None}, {"name": "toy"}, {"num_classes": 4}) == {
+        "num_classes": 4}
+    resolve_data_fields(type("C", (HookedMLPConfig,), {"DATA_FIELDS": {"hidden": "widths"}}),
+                        {"hidden": (1, 2)}, {"widths": [1, 2]}, {})
