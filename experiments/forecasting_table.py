@@ -69,7 +69,7 @@ def train_one(workdir: Path, dataset: str, horizon: int, model: str, seed: int) 
     if result["step"] != config.total_steps:
         return None
     best = result["best"]
-    scores = evaluate_params(config, best["params"])
+    scores = evaluate_params(config, best["params"], model_state=best["model_state"])
     return {"data": dataset, "horizon": horizon, "model": model, "seed": seed, "best_step": best["step"],
             "total_steps": config.total_steps, "seconds": round(time.time() - start, 1),
             **{k: round(v, 6) for k, v in scores.items()}}

@@ -39,9 +39,11 @@ CAVEAT = ("Training uses the datasets' `train` split, 80% of the official TRAIN 
 
 
 def test_accuracy(config, workdir: str) -> dict:
-    """Trains (or resumes) `config` in `workdir`; validation and test metrics of the final parameters."""
+    """Trains (or resumes) `config` in `workdir`; validation and test metrics of the final parameters
+    (the EMA with config.ema_decay)."""
     config.progress_bar = False
-    return evaluate_params(config, train_and_evaluate(config, workdir)["state"].params)
+    result = train_and_evaluate(config, workdir)
+    return evaluate_params(config, result["params"], model_state=result["model_state"])
 
 
 def main(argv):

@@ -36,6 +36,12 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> None:
+        """Removes `name` (for tests and notebooks that register a throwaway entry)."""
+        if name not in self._entries:
+            raise self._error(f"{self.kind} {name!r} is not registered")
+        del self._entries[name]
+
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True  # set first: the imported modules call register, not _load

@@ -1,19 +1,19 @@
-"""Model registry: a name maps to (config class, module class).
+"""Model registry: a name maps to a ModelSpec (config class, module class, optional hooks such as generate).
 
-    cfg_cls, module_cls = fintrans.models.get("decoder_lm")
-    model = module_cls(cfg_cls(num_layers=2))
+    spec = fintrans.models.get("decoder_lm")  # ModelSpec(config, module, generate)
+    model = spec.module(spec.config(num_layers=2))
     params = model.init(rng, batch)
 
 Adding an architecture is one file here that calls `register` at import, plus one line below.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 from fintrans.models.config import ConfigError, ModelConfig
+from fintrans.registry import Registry
 
-# Files that register models; imported on first use of the registry.
+# Files that register models; imported on the registry's first lookup.
 _MODEL_MODULES = (
     "fintrans.models.decoder_lm",
     "fintrans.models.bert",
@@ -34,38 +34,26 @@ _MODEL_MODULES = (
 class ModelSpec(NamedTuple):
     config: type
     module: type
+    # Optional hooks that tasks reach through the registry (the trainer never imports a model file):
+    # generate(model_config, params, prompt [batch, len], num_tokens, rng, *, temperature, top_k) -> tokens.
+    generate: Optional[Callable[..., Any]] = None
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
-_loaded = False
+MODELS: Registry[ModelSpec] = Registry("model", load=_MODEL_MODULES, error=ConfigError)
 
 
-def register(name: str, config_cls: type, module_cls: type) -> None:
+def register(name: str, config_cls: type, module_cls: type, *, generate: Optional[Callable[..., Any]] = None) -> None:
     if not issubclass(config_cls, ModelConfig):
         raise TypeError(f"{config_cls} must derive from ModelConfig")
-    if name in _REGISTRY and _REGISTRY[name] != (config_cls, module_cls):
-        raise ValueError(f"model name {name!r} is already registered")
-    _REGISTRY[name] = ModelSpec(config_cls, module_cls)
-
-
-def _load():
-    global _loaded
-    if not _loaded:
-        for mod in _MODEL_MODULES:
-            importlib.import_module(mod)
-        _loaded = True
+    MODELS.register(name, ModelSpec(config_cls, module_cls, generate))
 
 
 def names() -> tuple[str, ...]:
-    _load()
-    return tuple(sorted(_REGISTRY))
+    return MODELS.names()
 
 
 def get(name: str) -> ModelSpec:
-    _load()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; registered models: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+    return MODELS.get(name)
 
 
 def build(name: str, fields: Mapping[str, Any] | None = None):
@@ -74,4 +62,4 @@ def build(name: str, fields: Mapping[str, Any] | None = None):
     return spec.module(spec.config.from_dict(fields or {}))
 
 
-__all__ = ["ConfigError", "ModelConfig", "ModelSpec", "build", "get", "names", "register"]
+__all__ = ["MODELS", "ConfigError", "ModelConfig", "ModelSpec", "build", "get", "names", "register"]

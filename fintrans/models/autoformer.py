@@ -232,6 +232,7 @@ class FeedForward(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class AutoformerConfig(ModelConfig):
+    DATA_FIELDS = {"num_channels": "num_channels", "input_len": "input_len", "horizon": "horizon"}  # see ModelConfig
     input_len: int = 96  # lookback (the authors' seq_len)
     label_len: int = 48  # the decoder's start window: the last label_len lookback steps
     horizon: int = 24  # pred_len

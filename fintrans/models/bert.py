@@ -33,6 +33,7 @@ from fintrans.models.config import AttentionConfig, ConfigError, check_choice, c
 
 @dataclasses.dataclass(frozen=True)
 class BertClassifierConfig(AttentionConfig):
+    DATA_FIELDS = {"vocab_size": "vocab_size", "num_classes": "num_classes"}  # see ModelConfig
     vocab_size: int = 1024
     max_len: int = 128  # learned position table (BERT: max_position_embeddings)
     type_vocab_size: int = 2  # segment (token type) embeddings

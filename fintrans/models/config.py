@@ -6,7 +6,7 @@ field; an unknown field or bad value raises ConfigError naming it and the valid 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import jax.numpy as jnp
 
@@ -56,6 +56,10 @@ class ModelConfig:
     @property
     def params_dtype(self):
         return DTYPES[self.param_dtype]
+
+    # What the model needs from the data: model field -> dataset info / data config key. The trainer
+    # fills a field left None ("from the data") with the data's value; any other value must equal it.
+    DATA_FIELDS: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

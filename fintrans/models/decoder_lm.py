@@ -20,6 +20,7 @@ from fintrans.models.config import AttentionConfig, ConfigError, check_choice, c
 
 @dataclasses.dataclass(frozen=True)
 class DecoderLMConfig(AttentionConfig):
+    DATA_FIELDS = {"vocab_size": "vocab_size"}  # see ModelConfig
     vocab_size: int = 128
     max_len: int = 256  # longest sequence, and the KV cache length when decoding
     embed_dim: int = 128
@@ -89,9 +90,6 @@ class DecoderLM(nn.Module):
                            param_dtype=pdtype, name="lm_head")(x)
         logits = nn.with_logical_constraint(logits, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_VOCAB))
         return logits.astype(jnp.float32)
-
-
-register("decoder_lm", DecoderLMConfig, DecoderLM)
 
 
 def init_cache(config: DecoderLMConfig, batch_size: int):
@@ -188,3 +186,7 @@ def generate(config: DecoderLMConfig, params, prompt: jax.Array, num_tokens: int
                 if num_tokens else from_prompt)
     return jnp.where(pos < start, from_prompt,
                      jnp.where(pos < start + num_tokens, from_new, jnp.asarray(pad_id, prompt.dtype)))
+
+
+# Registered after generate so the lm task can sample through the registry (ModelSpec.generate).
+register("decoder_lm", DecoderLMConfig, DecoderLM, generate=generate)

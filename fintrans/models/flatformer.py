@@ -65,6 +65,7 @@ def _check_pair(name: str, value: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class FlatFormerConfig(AttentionConfig):
+    DATA_FIELDS = {"num_classes": "num_classes"}  # see ModelConfig
     in_features: int = 6  # per-point input features (synthetic_scenes: 6)
     num_classes: int = 5  # segmentation classes; 0: no head, the output is the backbone's features
     grid_shape: tuple[int, int] = (468, 468)  # (nx, ny) bird's-eye voxels; coords lie in [0, nx) x [0, ny)

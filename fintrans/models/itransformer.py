@@ -33,6 +33,7 @@ NORM_EPSILON = 1e-5  # the authors' series-normalisation epsilon (inside the squ
 
 @dataclasses.dataclass(frozen=True)
 class ITransformerConfig(AttentionConfig):
+    DATA_FIELDS = {"num_channels": "num_channels", "input_len": "input_len", "horizon": "horizon"}  # see ModelConfig
     input_len: int = 96  # lookback (seq_len)
     horizon: int = 24  # pred_len
     num_channels: int = 1  # variates (enc_in)

@@ -126,6 +126,7 @@ def lif_sequence(x: jax.Array) -> jax.Array:
 # --- config --------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class LMUFormerConfig(ModelConfig):
+    DATA_FIELDS = {f: f for f in ("num_classes", "num_channels", "image_size", "input_len")}  # see ModelConfig
     sequence: str = "pixels"  # how `inputs` become a sequence (module docstring)
     image_size: int = 8  # 'pixels'/'rows': square images [B, image_size, image_size, num_channels]
     num_channels: int = 1

@@ -79,6 +79,7 @@ class TimeLinear(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class NLinearConfig(ModelConfig):
+    DATA_FIELDS = {"num_channels": "num_channels", "input_len": "input_len", "horizon": "horizon"}  # see ModelConfig
     input_len: int = 96  # lookback window (the authors' seq_len)
     horizon: int = 24  # forecast length (pred_len)
     num_channels: int = 1  # series per example (enc_in)

@@ -41,6 +41,7 @@ HEAD = "head"  # the only parameters the GSP and fine-tuning models do not share
 
 @dataclasses.dataclass(frozen=True)
 class SANSformerConfig(ModelConfig):
+    DATA_FIELDS = {"num_classes": "num_classes"}  # see ModelConfig
     seq_len: int = 16  # visits per history
     num_features: int = 34  # per-visit feature vector (patient_visits.NUM_FEATURES)
     num_classes: int = 3

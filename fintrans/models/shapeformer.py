@@ -52,6 +52,7 @@ CI_EPS = 1e-3
 
 @dataclasses.dataclass(frozen=True)
 class ShapeFormerConfig(AttentionConfig):
+    DATA_FIELDS = {"num_classes": "num_classes", "num_channels": "num_channels"}  # see ModelConfig
     max_len: int = 100
     num_channels: int = 6
     num_classes: int = 4

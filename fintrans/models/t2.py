@@ -44,6 +44,7 @@ from fintrans.models.config import AttentionConfig, ConfigError, check_choice, c
 
 @dataclasses.dataclass(frozen=True)
 class T2Config(AttentionConfig):
+    DATA_FIELDS = {"num_classes": "num_classes", "num_channels": "num_channels"}  # see ModelConfig
     max_len: int = 100  # longest series (sinusoidal table length); batches may be shorter
     num_channels: int = 6
     num_classes: int = 4

@@ -56,6 +56,7 @@ def time2vec(tau: jax.Array, omega: jax.Array, phi: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class Time2VecEncoderConfig(AttentionConfig):
+    DATA_FIELDS = {"num_channels": "num_channels", "input_len": "input_len", "horizon": "horizon"}  # see ModelConfig
     input_len: int = 96
     horizon: int = 24
     num_channels: int = 1

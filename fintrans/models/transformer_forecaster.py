@@ -39,6 +39,7 @@ HEADS = ("flatten", "per_step")
 
 @dataclasses.dataclass(frozen=True)
 class TransformerForecasterConfig(AttentionConfig):
+    DATA_FIELDS = {"num_channels": "num_channels", "input_len": "input_len", "horizon": "horizon"}  # see ModelConfig
     input_len: int = 96
     horizon: int = 24
     num_channels: int = 1

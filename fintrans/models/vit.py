@@ -31,6 +31,7 @@ POOLINGS = ("cls", "mean")
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig(AttentionConfig):
+    DATA_FIELDS = {"num_classes": "num_classes", "num_channels": "num_channels", "image_size": "image_size"}
     image_size: int = 8  # square images [image_size, image_size, num_channels] (sklearn digits: 8x8x1)
     patch_size: int = 2
     num_channels: int = 1

@@ -16,9 +16,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fintrans import axes
 
 
+def _is_box(x) -> bool:
+    return isinstance(x, nn.LogicallyPartitioned)
+
+
+def drop_empty_boxes(tree: Any) -> Any:
+    """`tree` with every box that holds no array replaced by its content. optax's masked states (a
+    frozen parameter's slot under config.trainable) put a leafless MaskedNode inside the parameter's
+    box; such a box has nothing to shard."""
+    return jax.tree.map(lambda x: x.value if _is_box(x) and not jax.tree.leaves(x.value) else x, tree, is_leaf=_is_box)
+
+
 def logical_specs(boxed_tree: Any) -> Any:
     """Logical PartitionSpecs for a tree that may hold nn.LogicallyPartitioned boxes (others replicated)."""
-    return nn.get_partition_spec(boxed_tree)
+    return nn.get_partition_spec(drop_empty_boxes(boxed_tree))
 
 
 def mesh_shardings(boxed_tree: Any, mesh: Mesh, rules) -> Any:
@@ -42,9 +53,9 @@ def _split_counts(spec: P, mesh: Mesh) -> list[int]:
 def check_divisible(abstract: Any, shardings: Any) -> None:
     """Names the first array whose dimension the mesh would split unevenly (jax's own error
     names only shapes)."""
+    abstract = drop_empty_boxes(abstract)
     logical = logical_specs(abstract)
-    leaves = jax.tree_util.tree_leaves_with_path(abstract,
-                                                 is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    leaves = jax.tree_util.tree_leaves_with_path(abstract, is_leaf=_is_box)
     for (path, leaf), sharding, names in zip(leaves, jax.tree.leaves(shardings),
                                              jax.tree.leaves(logical, is_leaf=lambda x: isinstance(x, P))):
         value = leaf.value if isinstance(leaf, nn.LogicallyPartitioned) else leaf

@@ -1,26 +1,17 @@
-"""Task families: batch spec, loss and metrics (pure functions), looked up by name.
+"""Task families, looked up by name: `build(config.task, config.task_options) -> Task`.
 
-A task module provides `name`, `check_batch(batch)`, `loss_and_metrics(outputs, batch)` ->
-(scalar loss, {metric: (sum, count)}) and `derived(summary)` for metrics computed from means.
+One module per family (lm, classification, forecasting, segmentation, ...), each registering its
+Task subclass in `TASKS`; see fintrans.tasks.base for the interface.
 """
 from __future__ import annotations
 
-from types import ModuleType
-
-from fintrans.tasks import classification, forecasting, lm, segmentation
-from fintrans.tasks.base import BatchError, accumulate, summarize
-
-_TASKS = {m.name: m for m in (lm, classification, forecasting, segmentation)}
+from fintrans.tasks.base import (TASKS, BatchError, Metrics, Task, accumulate, build, example_weights, scalars,
+                                 summarize, weighted)
 
 
 def names() -> tuple[str, ...]:
-    return tuple(sorted(_TASKS))
+    return TASKS.names()
 
 
-def get(name: str) -> ModuleType:
-    if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; choose from {sorted(_TASKS)}")
-    return _TASKS[name]
-
-
-__all__ = ["BatchError", "accumulate", "get", "names", "summarize"]
+__all__ = ["TASKS", "BatchError", "Metrics", "Task", "accumulate", "build", "example_weights", "names", "scalars",
+           "summarize", "weighted"]

@@ -71,7 +71,8 @@ class BestParams:
         options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True)
         self._manager = ocp.CheckpointManager(
             self.directory, options=options,
-            item_handlers={"params": ocp.StandardCheckpointHandler(), "metrics": ocp.JsonCheckpointHandler()})
+            item_handlers={"params": ocp.StandardCheckpointHandler(), "metrics": ocp.JsonCheckpointHandler(),
+                           "model_state": ocp.StandardCheckpointHandler()})
         self.step: Optional[int] = None
         self.metrics: dict[str, float] = {}
 
@@ -93,8 +94,9 @@ class BestParams:
         self._manager.wait_until_finished()
         return sorted(self._manager.all_steps())
 
-    def offer(self, step: int, params: Any, metrics: dict[str, float]) -> bool:
-        """Saves `params` if `metrics` beat the best so far; returns whether they did."""
+    def offer(self, step: int, params: Any, metrics: dict[str, float], model_state: Any = None) -> bool:
+        """Saves `params` (and the model state, e.g. BatchNorm statistics, if any) if `metrics` beat the
+        best so far; returns whether they did."""
         key = f"eval/{self.metric}"
         if key not in metrics:
             raise ValueError(f"config.best_metric={self.metric!r} is not an evaluation metric; the evaluation reports "
@@ -102,9 +104,11 @@ class BestParams:
         value, best = metrics[key], self.metrics.get(key)
         if best is not None and not (value < best if self.mode == "min" else value > best):
             return False
-        self._manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), metrics=ocp.args.JsonSave({k: float(v) for k, v in metrics.items()})),
-            force=True)
+        items = dict(params=ocp.args.StandardSave(params),
+                     metrics=ocp.args.JsonSave({k: float(v) for k, v in metrics.items()}))
+        if model_state:
+            items["model_state"] = ocp.args.StandardSave(model_state)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         self.step, self.metrics = step, dict(metrics)
         return True
 
@@ -113,14 +117,28 @@ class BestParams:
         return self._manager.restore(self.step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract_params)))["params"]
 
+    def restore_model_state(self, abstract_model_state: Any) -> Any:
+        """The best evaluation's model state ({} for models without one)."""
+        self._manager.wait_until_finished()
+        if not jax.tree.leaves(abstract_model_state):
+            return {}
+        return self._manager.restore(self.step, args=ocp.args.Composite(
+            model_state=ocp.args.StandardRestore(abstract_model_state)))["model_state"]
+
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
 
 
 def read_params(path: str | os.PathLike) -> tuple[Any, int]:
-    """(params as host arrays, step) of the latest checkpoint under `path`: a run's workdir, its
-    checkpoints/ directory, or one step's directory in it."""
+    """(params as host arrays, step) of the latest checkpoint under `path` (see read_state)."""
+    state, step = read_state(path)
+    return state["params"], step
+
+
+def read_state(path: str | os.PathLike) -> tuple[dict, int]:
+    """(the train state as a dict of host arrays, step) of the latest checkpoint under `path`: a run's
+    workdir, its checkpoints/ directory, or one step's directory in it."""
     path = Path(path).absolute()
     if (path / "state").is_dir() and path.name.isdigit():
         directory, step = path.parent, int(path.name)
@@ -143,7 +161,7 @@ def read_params(path: str | os.PathLike) -> tuple[Any, int]:
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     finally:
         manager.close()
-    return state["params"], step
+    return state, step
 
 
 def transfer_params(source: Any, fresh: Any, *, keep_fresh: tuple[str, ...] = ()) -> tuple[Any, list[str]]:

@@ -20,7 +20,8 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.rng_impl = "threefry2x32"  # or 'rbg' / 'unsafe_rbg' (faster on TPU; see Trainer)
-    c.task = ""  # fintrans.tasks name: lm | classification | forecasting
+    c.task = ""  # fintrans.tasks name: lm | classification | forecasting | segmentation | ...
+    c.task_options = ml_collections.ConfigDict()  # the task class's keyword options (fintrans.tasks.build)
     c.model = ml_collections.ConfigDict({"name": ""})  # plus the model config's fields
     # Plus the dataset's own fields (see fintrans.data). data_dir None: $FINTRANS_DATA_DIR or
     # ~/.cache/fintrans/tfds; prepare: build the dataset there if it is missing.
@@ -44,10 +45,18 @@ def default_config() -> ml_collections.ConfigDict:
     c.best_metric = ""
     c.best_mode = "min"  # or 'max'
     # Warm start (pretrain -> fine-tune): a fresh run (no checkpoint of its own yet) takes its parameters
-    # from another run's latest checkpoint (its workdir); parameters under the comma-separated paths of
-    # init_from_keep_fresh ('head') keep their fresh initialisation. The optimizer state starts fresh.
+    # and model state (BatchNorm statistics) from another run's latest checkpoint (its workdir); those under
+    # the comma-separated paths of init_from_keep_fresh ('head') keep their fresh initialisation. The
+    # optimizer state starts fresh.
     c.init_from = ""
     c.init_from_keep_fresh = ""
+    # Fine-tune a subset: comma-separated regexes over '/'-joined parameter paths ('head',
+    # 'block_.*/attention'); a pattern matches a path or a prefix of it ending at '/'. Every other
+    # parameter is frozen: no update, no weight decay, no optimizer state. '' trains everything.
+    c.trainable = ""
+    # > 0: keep an exponential moving average of the parameters (ema <- d·ema + (1-d)·params after each
+    # step, starting from the initial parameters); evaluation, best_metric's params and result['params'] use it.
+    c.ema_decay = 0.0
     c.max_steps_per_run = 0  # >0: stop (with a checkpoint) after this many steps, e.g. for job time limits
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn=ml_collections.ConfigDict(dict(data=1))))
     c.sharding_rules = ml_collections.ConfigDict()  # logical axis -> mesh axis overrides
@@ -91,6 +100,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(f"config.best_mode={config.best_mode!r}; choose 'min' or 'max'")
     if config.get("init_from_keep_fresh") and not config.get("init_from"):
         raise ConfigError("config.init_from_keep_fresh is set but config.init_from is not")
+    ema = config.get("ema_decay", ref.ema_decay)
+    if not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0.0 <= ema < 1.0:
+        raise ConfigError(f"config.ema_decay={ema!r} must be a float in [0, 1) (0 turns the EMA off)")
+    if not isinstance(config.get("trainable", ""), str):
+        raise ConfigError(f"config.trainable={config.trainable!r} must be a string of comma-separated patterns")
     if config.get("compute_dtype", "") not in ("",) + tuple(DTYPES):
         raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}; choose from {('',) + tuple(DTYPES)}")
     return config

@@ -4,9 +4,16 @@ Sharded init, a jitted train step with in/out shardings and a donated state, per
 checkpoints (state + data iterator) with automatic resume, a save on SIGTERM, metrics to
 metrics.jsonl and TensorBoard, a progress bar on process 0, and a stop on a non-finite loss that
 leaves the last good checkpoint as the latest.
+
+The task owns the forward passes: each step calls `task.loss_and_metrics(apply_fn, params, batch,
+rng, train=...)`, where `apply_fn` (a `ModelCaller`) runs the model with the mutable model state
+(BatchNorm statistics) threaded through and collects sown auxiliary losses. Hooks: model state in
+TrainState, `config.trainable` (freeze all other parameters), `config.ema_decay` (EMA parameters
+for evaluation).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -19,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from fintrans import axes, data, models, parallel, tasks
@@ -26,7 +34,8 @@ from fintrans.models.config import ConfigError
 from fintrans.train import checkpoint as ckpt
 from fintrans.train import metrics as metrics_lib
 from fintrans.train.config import validate
-from fintrans.train.optim import learning_rate_schedule, make_optimizer
+from fintrans.train.optim import (learning_rate_schedule, make_optimizer, param_path, parse_trainable,
+                                  trainable_mask)
 from fintrans.train.state import TrainState
 
 log = logging.getLogger("fintrans.train")
@@ -67,33 +76,90 @@ class _Preemption:
 
 
 def build_model(config: ml_collections.ConfigDict, info: dict):
-    """The model module and its validated config, with compute_dtype applied."""
+    """The model module and its validated config, with compute_dtype applied and the fields the model
+    takes from the data (its config's DATA_FIELDS) filled in or checked."""
     fields = {k: v for k, v in config.model.to_dict().items() if k != "name"}
     if config.get("compute_dtype"):
         fields["dtype"] = config.compute_dtype
     spec = models.get(config.model.name)
+    fields = resolve_data_fields(spec.config, fields, info, config.data)
     model_cfg = spec.config.from_dict(fields)
-    _check_against_data(model_cfg, info, config.data)
-    return spec.module(model_cfg), model_cfg
-
-
-# model config field -> dataset info / data config key that must agree with it.
-_MUST_MATCH = {"vocab_size": "vocab_size", "num_classes": "num_classes", "num_channels": "num_channels",
-               "image_size": "image_size", "input_len": "input_len", "horizon": "horizon"}
-
-
-def _check_against_data(model_cfg, info: dict, data_cfg) -> None:
-    """Fails before compiling when the model cannot take the dataset's batches."""
-    known = {**{k: v for k, v in data_cfg.items()}, **info}
-    if "channels" in info and "num_channels" not in info and isinstance(info["channels"], int):
-        known["num_channels"] = info["channels"]
-    for field, key in _MUST_MATCH.items():
-        if hasattr(model_cfg, field) and key in known and getattr(model_cfg, field) != known[key]:
-            raise ConfigError(f"model.{field}={getattr(model_cfg, field)} but dataset {info.get('name')!r} has "
-                              f"{key}={known[key]}")
+    known = data_values(info, config.data)
     length = known.get("seq_len", known.get("max_len"))
     if hasattr(model_cfg, "max_len") and length is not None and model_cfg.max_len < length:
         raise ConfigError(f"model.max_len={model_cfg.max_len} is shorter than the dataset's sequences ({length})")
+    return spec.module(model_cfg), model_cfg
+
+
+def data_values(info: dict, data_cfg) -> dict:
+    """What the data says about itself: the data config's fields, overridden by the dataset info."""
+    known = {**{k: v for k, v in data_cfg.items()}, **info}
+    if "channels" in info and "num_channels" not in info and isinstance(info["channels"], int):
+        known["num_channels"] = info["channels"]
+    return known
+
+
+def _as_tuples(value):
+    # JSON info and ml_collections give lists where dataclass fields hold tuples.
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def resolve_data_fields(config_cls, fields: dict, info: dict, data_cfg) -> dict:
+    """`fields` with each of config_cls.DATA_FIELDS set from the data where it is None; a value that
+    disagrees with the data is a ConfigError naming both, before anything compiles."""
+    known = data_values(info, data_cfg)
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    fields = dict(fields)
+    for field, key in config_cls.DATA_FIELDS.items():
+        value = fields.get(field, defaults.get(field))
+        if key not in known:
+            if value is None:
+                raise ConfigError(f"model.{field} is None (take it from the data), but dataset {info.get('name')!r} "
+                                  f"has no {key!r}; set model.{field}")
+            continue
+        if value is None:
+            fields[field] = known[key]
+        elif _as_tuples(value) != _as_tuples(known[key]):
+            raise ConfigError(f"model.{field}={value} but dataset {info.get('name')!r} has {key}={known[key]} "
+                              f"(set model.{field}=None to take it from the data)")
+    return fields
+
+
+# Collections of init's output that are not model state: the parameters, and what apply writes that
+# does not carry over to the next step (sown losses, intermediates).
+_NOT_MODEL_STATE = ("params", "aux_loss", "intermediates")
+
+
+class ModelCaller:
+    """The `apply_fn` a task's loss receives: `apply_fn(params, batch, *, rng=None, **model_kwargs)`.
+
+    Each call runs `model.apply` with the current model state; in training the mutable collections
+    come back and become the state the next call (and the next step) sees, and values sown into
+    "aux_loss" are summed into `aux_losses`. In evaluation the state is used, never updated; so is it
+    in a training call the task makes with `train=False` (a deterministic pass, e.g. a target)."""
+
+    def __init__(self, model: nn.Module, model_state: dict, *, train: bool):
+        self.model, self.model_state, self.train = model, model_state, train
+        self.aux_losses: dict[str, jax.Array] = {}
+
+    def __call__(self, params, batch, *, rng=None, **model_kwargs):
+        variables = {"params": params, **self.model_state}
+        rngs = {"dropout": rng} if rng is not None else None
+        if not model_kwargs.pop("train", self.train):
+            return self.model.apply(variables, batch, train=False, rngs=rngs, **model_kwargs)
+        mutable = [*self.model_state, "aux_loss"]
+        outputs, updates = self.model.apply(variables, batch, train=True, rngs=rngs, mutable=mutable,
+                                            **model_kwargs)
+        updates = dict(updates)
+        for path, value in jax.tree_util.tree_leaves_with_path(updates.pop("aux_loss", {})):
+            name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path[:-1])  # drop sow's tuple index
+            self.aux_losses[name] = self.aux_losses.get(name, 0.0) + jnp.sum(value)
+        self.model_state = {**self.model_state, **updates}
+        return outputs
+
+    @property
+    def aux_loss(self) -> jax.Array | None:
+        return sum(self.aux_losses.values()) if self.aux_losses else None
 
 
 class Trainer:
@@ -111,10 +177,13 @@ class Trainer:
             self.workdir.mkdir(parents=True, exist_ok=True)
         self.mesh = parallel.make_mesh(config.mesh.to_dict(), devices=devices)
         self.rules = axes.rules(config.sharding_rules.to_dict() if config.get("sharding_rules") else None)
-        self.task = tasks.get(config.task)
+        self.task = tasks.build(config.task, config.get("task_options"))
         self.dataset = data.load(config.data)
         self.model, self.model_config = build_model(config, self.dataset.info)
-        self.tx = make_optimizer(config.optimizer, config.total_steps)
+        self.model_spec = models.get(config.model.name)  # tasks reach model hooks (generate) through it
+        self.trainable = parse_trainable(config.get("trainable", ""))
+        self.ema_decay = float(config.get("ema_decay", 0.0))
+        self.tx = make_optimizer(config.optimizer, config.total_steps, self.trainable)
         self.lr = learning_rate_schedule(config.optimizer, config.total_steps)
         self.batch_sharding = parallel.batch_sharding(self.mesh, self.rules)
         shards = parallel.batch_shards(self.batch_sharding)
@@ -127,6 +196,9 @@ class Trainer:
         # the sharding; threefry's do not.
         self.base_rng = jax.random.key(config.seed, impl=config.get("rng_impl", "threefry2x32"))
         self.init_rng = jax.random.fold_in(self.base_rng, 0x1417)
+        # Evaluation batch i gets fold_in(eval_rng, i), for tasks that draw noise in evaluation too.
+        self.eval_rng = jax.random.fold_in(self.base_rng, 0xE7A1)
+        self.model_state: dict = {}  # what predict() uses; train_and_evaluate sets the trained state
 
     # -- state ---------------------------------------------------------------------------------
     def example_batch(self) -> dict[str, np.ndarray]:
@@ -142,8 +214,11 @@ class Trainer:
 
         def boxed_init(rng):
             dummy = {k: jnp.zeros(s, d) for k, (s, d) in global_shapes.items()}
-            params = self.model.init({"params": rng, "dropout": rng}, dummy, train=False)["params"]
-            return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=self.tx.init(params))
+            variables = self.model.init({"params": rng, "dropout": rng}, dummy, train=False)
+            params = variables["params"]
+            model_state = {k: v for k, v in variables.items() if k not in _NOT_MODEL_STATE}
+            return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=self.tx.init(params),
+                              model_state=model_state, ema_params=params if self.ema_decay else None)
 
         return boxed_init
 
@@ -153,44 +228,84 @@ class Trainer:
     # -- steps ---------------------------------------------------------------------------------
     def make_train_step(self, state_shardings):
         model, task, tx, lr, base_rng = self.model, self.task, self.tx, self.lr, self.base_rng
+        trainable, ema_decay = self.trainable, self.ema_decay
 
         def train_step(state: TrainState, batch):
             dropout_rng = jax.random.fold_in(base_rng, state.step)
 
             def loss_fn(params):
-                outputs = model.apply({"params": params}, batch, train=True, rngs={"dropout": dropout_rng})
-                return task.loss_and_metrics(outputs, batch)
+                apply_fn = ModelCaller(model, state.model_state, train=True)
+                loss, _ = task.loss_and_metrics(apply_fn, params, batch, dropout_rng, train=True)
+                aux = apply_fn.aux_loss
+                total = loss if aux is None else loss + aux
+                return total, (loss, None if aux is None else (aux, apply_fn.aux_losses), apply_fn.model_state)
 
-            (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            (_, (loss, aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+            if trainable:  # frozen parameters pass through untouched (p + 0.0 would turn -0.0 into 0.0)
+                mask = trainable_mask(state.params, trainable)
+                params = jax.tree.map(lambda p, u, t: p + u if t else p, state.params, updates, mask)
+                grads = [g for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(mask)) if t]
+            else:
+                params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+            ema = state.ema_params
+            if ema is not None:
+                ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
             scalars = {"loss": loss, "grad_norm": _global_norm(grads), "learning_rate": lr(state.step)}
-            return TrainState(step=state.step + 1, params=params, opt_state=opt_state), scalars
+            if aux is not None:  # the model's sown auxiliary losses: their sum, and each by name
+                scalars["aux_loss"] = aux[0]
+                scalars.update({f"aux_loss/{name}": value for name, value in aux[1].items()})
+            new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
+                                   ema_params=ema)
+            return new_state, scalars
 
         return jax.jit(train_step, in_shardings=(state_shardings, self.batch_sharding),
                        out_shardings=(state_shardings, parallel.replicated(self.mesh)), donate_argnums=0)
 
-    def make_eval_step(self, param_shardings):
+    def make_eval_step(self, param_shardings, model_state_shardings=None):
+        """eval_step(params, model_state, batch, rng) -> metric sums."""
         model, task = self.model, self.task
 
-        def eval_step(params, batch):
-            outputs = model.apply({"params": params}, batch, train=False)
-            return task.loss_and_metrics(outputs, batch)[1]
+        def eval_step(params, model_state, batch, rng):
+            apply_fn = ModelCaller(model, model_state, train=False)
+            return task.loss_and_metrics(apply_fn, params, batch, rng, train=False)[1]
 
-        return jax.jit(eval_step, in_shardings=(param_shardings, self.batch_sharding),
-                       out_shardings=parallel.replicated(self.mesh))
+        replicated = parallel.replicated(self.mesh)
+        return jax.jit(eval_step, in_shardings=(param_shardings, model_state_shardings or replicated,
+                                                self.batch_sharding, replicated),
+                       out_shardings=replicated)
 
-    def evaluate(self, eval_step, params, split: str = "validation") -> dict[str, float]:
+    def evaluate(self, eval_step, params, split: str = "validation", model_state=None) -> dict[str, Any]:
+        """Metric means over `split` (scalars, and arrays for array sums), plus the task's derived ones."""
         it = self.dataset.iterator(split, self.config.eval_batch_size, shuffle=False, num_epochs=1)
+        model_state = self.model_state if model_state is None else model_state
         total = None
         for i, local in enumerate(it):
             if 0 <= self.config.eval_batches <= i:
                 break
-            total = tasks.accumulate(total, eval_step(params, parallel.global_batch(local, self.batch_sharding)))
+            batch = parallel.global_batch(local, self.batch_sharding)
+            total = tasks.accumulate(total, eval_step(params, model_state, batch, jax.random.fold_in(self.eval_rng, i)))
         if total is None:
             raise ValueError(f"the {split!r} split of {self.dataset.info.get('name')!r} gave no evaluation batch")
         summary = tasks.summarize(jax.device_get(total))
         return {**summary, **self.task.derived(summary)}
+
+    # -- what tasks' `sample` uses (the `run` of Task.sample) -------------------------------------
+    def first_batch(self, split: str) -> dict[str, np.ndarray]:
+        """This host's first evaluation batch of `split`."""
+        it = self.dataset.iterator(split, self.config.eval_batch_size, shuffle=False, num_epochs=1)
+        return next(iter(it))
+
+    def predict(self, params, batch) -> tuple[Any, dict[str, np.ndarray]]:
+        """Outputs on `batch` (this host's rows, with the trained model state) and the batch itself, both
+        gathered from every host: each process gets the same global arrays, so predictions and their
+        inputs/labels stay row-aligned."""
+        global_batch = parallel.global_batch(batch, self.batch_sharding)
+        apply = jax.jit(lambda p, s, b: self.model.apply({"params": p, **s}, b, train=False))
+        out = apply(params, self.model_state, global_batch)
+        gathered = multihost_utils.process_allgather({"out": out, "batch": global_batch}, tiled=True)
+        return (jax.tree.map(np.asarray, gathered["out"]),
+                {k: np.asarray(v) for k, v in gathered["batch"].items()})
 
 
 class _PendingMetrics:
@@ -233,23 +348,40 @@ def _global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
+def _model_state_paths_under(model_state: dict, keep_fresh: tuple[str, ...]) -> tuple[str, ...]:
+    """init_from_keep_fresh names parameter paths ('head'); a layer kept fresh keeps fresh statistics
+    too: the model-state paths under those ('batch_stats/head')."""
+    paths = [param_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(model_state)]
+    prefixes = [f"{collection}/{k.rstrip('/')}" for collection in model_state for k in keep_fresh]
+    return tuple(x for x in prefixes if any(p == x or p.startswith(x + "/") for p in paths))
+
+
 def _warm_start(state: TrainState, cfg: ml_collections.ConfigDict) -> tuple[TrainState, dict]:
-    """`state` with its parameters taken from the run at cfg.init_from (see checkpoint.transfer_params)."""
-    source, source_step = ckpt.read_params(cfg.init_from)
+    """`state` with its parameters, and its model state (BatchNorm statistics) if it has one, taken from
+    the run at cfg.init_from (see checkpoint.transfer_params)."""
+    source, source_step = ckpt.read_state(cfg.init_from)
     keep_fresh = tuple(filter(None, (p.strip() for p in cfg.get("init_from_keep_fresh", "").split(","))))
     try:
-        params, unused = ckpt.transfer_params(source, state.params, keep_fresh=keep_fresh)
+        params, unused = ckpt.transfer_params(source["params"], state.params, keep_fresh=keep_fresh)
+        model_state = state.model_state
+        if jax.tree.leaves(model_state):
+            model_state, _ = ckpt.transfer_params(source.get("model_state", {}), model_state,
+                                                  keep_fresh=_model_state_paths_under(model_state, keep_fresh))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     log.info("initialised from step %d of %s (kept fresh: %s; not used from there: %s)", source_step,
              cfg.init_from, list(keep_fresh), unused)
-    return state.replace(params=params), {"path": cfg.init_from, "step": source_step, "unused": unused}
+    # The EMA starts from the parameters training starts from.
+    ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
+    return (state.replace(params=params, model_state=model_state, ema_params=ema),
+            {"path": cfg.init_from, "step": source_step, "unused": unused})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final state,
-    the last metrics, the sample shown, and with config.best_metric the best evaluation's
-    {'step', 'eval', 'params'} as 'best'."""
+    """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final state, the
+    parameters evaluation used ('params': the EMA with config.ema_decay, else state.params) and the
+    model state ('model_state'), the last metrics, the sample shown, and with config.best_metric the
+    best evaluation's {'step', 'eval', 'params', 'model_state'} as 'best'."""
     t = Trainer(config, workdir)
     cfg = t.config
     example = t.example_batch()
@@ -274,7 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     writer = metrics_lib.MetricWriter(t.workdir, enabled=t.is_main)
     train_step = t.make_train_step(shardings)
-    eval_step = t.make_eval_step(shardings.params)
+    eval_step = t.make_eval_step(shardings.params, shardings.model_state)
     last_good = start if checkpointer.latest_step() is not None else None
     pending = _PendingMetrics()
     run_limit = cfg.get("max_steps_per_run", 0)
@@ -310,10 +442,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if step % cfg.log_every == 0 or final or stop:
                     flush(step)
                 if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or final:
-                    results["eval"] = {f"eval/{k}": v for k, v in t.evaluate(eval_step, state.params).items()}
+                    summary = t.evaluate(eval_step, state.eval_params, model_state=state.model_state)
+                    results["eval"] = {f"eval/{k}": v for k, v in tasks.scalars(summary).items()}
                     writer.write(step, results["eval"])
                     if best is not None:
-                        best.offer(step, state.params, results["eval"])
+                        best.offer(step, state.eval_params, results["eval"], model_state=state.model_state)
                 if checkpointer.due(step) or final or stop:
                     flush(step)
                     checkpointer.save(step, state, train_it)
@@ -327,7 +460,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             flush(step)
         if best is not None and best.step is not None:
             results["best"] = {"step": best.step, "eval": best.metrics,
-                               "params": best.restore(ckpt.abstract_like(state.params))}
+                               "params": best.restore(ckpt.abstract_like(state.params)),
+                               "model_state": best.restore_model_state(ckpt.abstract_like(state.model_state))}
     finally:
         bar.close()
         checkpointer.close()
@@ -335,24 +469,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if best is not None:
             best.close()
 
-    results.update(state=state, step=step, model=t.model, model_config=t.model_config, dataset=t.dataset)
+    results.update(state=state, params=state.eval_params, model_state=state.model_state, step=step, model=t.model,
+                   model_config=t.model_config, dataset=t.dataset)
     if step == cfg.total_steps:
-        from fintrans.train.samples import show_sample
+        t.model_state = state.model_state
         with jax.set_mesh(t.mesh), nn.logical_axis_rules(t.rules):
-            results["sample"] = show_sample(t, state.params, print_fn=print if t.is_main else (lambda *_: None))
+            results["sample"] = t.task.sample(t, state.eval_params, print_fn=print if t.is_main else (lambda *_: None))
     return results
 
 
 def evaluate_params(config: ml_collections.ConfigDict, params: Any,
-                    splits: tuple[str, ...] = ("validation", "test")) -> dict[str, float]:
-    """{'SPLIT/METRIC': value} of `params` (e.g. a finished run's final or best parameters) on each split.
+                    splits: tuple[str, ...] = ("validation", "test"), *, model_state: Any = None) -> dict[str, float]:
+    """{'SPLIT/METRIC': value} of `params` (e.g. a finished run's result['params'] or result['best']['params'])
+    on each split. Models with state (BatchNorm statistics) need the run's `model_state` as well
+    (result['model_state'] or result['best']['model_state']); without it the freshly initialised state is used.
 
     The training loop only ever evaluates on `validation`; experiment scripts score the test split with
     this, once, after training."""
     t = Trainer(config, None)
-    _, shardings = t.init_state(t.example_batch())
-    eval_step = t.make_eval_step(shardings.params)
+    fresh, shardings = t.init_state(t.example_batch())
+    eval_step = t.make_eval_step(shardings.params, shardings.model_state)
+    model_state = fresh.model_state if model_state is None else model_state
     with jax.set_mesh(t.mesh), nn.logical_axis_rules(t.rules):
-        out = {split: t.evaluate(eval_step, params, split) for split in splits}
-    return {f"{split}/{k}": float(v) for split, m in out.items() for k, v in m.items()}
+        out = {split: tasks.scalars(t.evaluate(eval_step, params, split, model_state)) for split in splits}
+    return {f"{split}/{k}": v for split, m in out.items() for k, v in m.items()}
 

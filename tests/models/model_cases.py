@@ -207,7 +207,7 @@ class Built:
 
 
 def config_of(name: str, **changes) -> models.ModelConfig:
-    cfg_cls, _ = models.get(name)
+    cfg_cls = models.get(name).config
     return cfg_cls.from_dict({**CASES[name].config, **changes})
 
 

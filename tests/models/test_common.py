@@ -142,7 +142,7 @@ def test_low_precision_config_traces(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_registry_round_trip(name):
     spec = models.get(name)
-    cfg_cls, module_cls = spec
+    cfg_cls, module_cls = spec.config, spec.module
     assert issubclass(cfg_cls, ModelConfig) and issubclass(module_cls, nn.Module)
     assert {"dtype", "param_dtype"} <= set(cfg_cls.field_names())
     cfg = config_of(name)
@@ -162,7 +162,7 @@ def test_unknown_model_names_the_registered_ones():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_unknown_config_field_is_named(name):
-    cfg_cls, _ = models.get(name)
+    cfg_cls = models.get(name).config
     with pytest.raises(ConfigError, match="bogus_field") as err:
         cfg_cls.from_dict({**CASES[name].config, "bogus_field": 1})
     assert "valid fields" in str(err.value)
@@ -172,7 +172,7 @@ def test_unknown_config_field_is_named(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_config_values_are_named(name):
-    cfg_cls, _ = models.get(name)
+    cfg_cls = models.get(name).config
     extra = (("attention_impl", "flash"),) if name in ATTENTION_NAMES else ()
     for field, value in CASES[name].bad_values + (("dtype", "float8"),) + extra:
         with pytest.raises(ConfigError, match=re.escape(field)):

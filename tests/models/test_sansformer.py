@@ -72,10 +72,10 @@ def test_gsp_loss_is_next_visit_mse():
     x = np.random.default_rng(2).normal(size=(2, 10, 7)).astype(np.float32)
     batch = {"inputs": x, "targets": gsp_targets(x)}
     np.testing.assert_array_equal(batch["targets"][:, 3], x[:, 4])
-    task = tasks.get("forecasting")
+    task = tasks.build("forecasting")
     task.check_batch(batch)
     pred = apply(params, x)
-    loss, metrics = task.loss_and_metrics(pred, batch)
+    loss, metrics = task.loss_from_outputs(pred, batch)
     np.testing.assert_allclose(loss, np.mean((np.asarray(pred) - x[:, 1:]) ** 2), rtol=1e-5)
 
 

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from fintrans import tasks
-from fintrans.tasks import segmentation
+from fintrans.tasks.segmentation import Segmentation
+
+segmentation = tasks.build("segmentation")
 
 
 def _batch(rng, b=4, n=37, classes=5, with_valid=True):
@@ -37,14 +39,14 @@ def _numpy_metrics(pairs, classes):
 
 
 def test_registered():
-    assert tasks.get("segmentation") is segmentation
+    assert tasks.TASKS.get("segmentation") is Segmentation and isinstance(segmentation, Segmentation)
 
 
 def test_loss_accuracy_and_mean_iou_match_numpy():
     rng = np.random.default_rng(0)
     classes = 5
     pairs = [_batch(rng, classes=classes) for _ in range(3)]
-    step = jax.jit(segmentation.loss_and_metrics)
+    step = jax.jit(segmentation.loss_from_outputs)
     total = None
     for logits, batch in pairs:
         segmentation.check_batch(batch)
@@ -70,7 +72,7 @@ def test_absent_class_is_left_out_of_mean_iou():
     logits, batch = _batch(rng, classes=4, with_valid=False)
     batch["label"] = np.where(batch["label"] == 3, 0, batch["label"])
     logits[..., 3] = -1e3  # class 3 neither labelled nor predicted
-    _, metrics = segmentation.loss_and_metrics(logits, batch)
+    _, metrics = segmentation.loss_from_outputs(logits, batch)
     summary = tasks.summarize(jax.device_get(metrics))
     out = segmentation.derived(summary)
     _, _, iou, miou = _numpy_metrics([(logits, batch)], 4)
@@ -82,7 +84,7 @@ def test_perfect_predictions_give_iou_one():
     rng = np.random.default_rng(2)
     _, batch = _batch(rng, classes=3, with_valid=False)
     logits = np.eye(3, dtype=np.float32)[batch["label"]] * 10
-    _, metrics = segmentation.loss_and_metrics(logits, batch)
+    _, metrics = segmentation.loss_from_outputs(logits, batch)
     summary = tasks.summarize(jax.device_get(metrics))
     out = segmentation.derived(summary)
     assert summary["accuracy"] == pytest.approx(1.0) and out["mean_iou"] == pytest.approx(1.0)
@@ -96,4 +98,4 @@ def test_bad_batches_are_rejected():
     with pytest.raises(ValueError, match="label .* and mask .* must have the same shape"):
         segmentation.check_batch({"label": batch["label"], "mask": batch["mask"][:, :5]})
     with pytest.raises(ValueError, match=r"logits .* do not match labels"):
-        segmentation.loss_and_metrics(logits[:, :5], batch)
+        segmentation.loss_from_outputs(logits[:, :5], batch)
