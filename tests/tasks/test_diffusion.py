@@ -8,6 +8,7 @@ import pytest
 
 from fintrans.tasks import diffusion
 from fintrans.tasks.interface import BatchError, accumulate, summarize
+from task_cases import FakeRun
 
 
 @pytest.mark.parametrize("kind", diffusion.SCHEDULES)
@@ -177,3 +178,23 @@ def test_model_call_and_errors():
         task.check_batch({**batch, "timesteps": np.zeros(4, np.int32)})
     with pytest.raises(ValueError, match="prediction must be one of"):
         diffusion.Diffusion(prediction="score")
+
+
+def test_sample_draws_ddim_samples_with_the_model():
+    # The model is the optimal denoiser for N(mu, sigma^2) data; its DDIM samples match the data's stats.
+    mu, sigma = np.array([1.0, -2.0]), np.array([0.5, 1.0])
+    task = diffusion.Diffusion(schedule="linear", num_timesteps=200, sample_steps=25)
+
+    def model(params, batch):
+        ab = task.schedule.ab(batch["timesteps"])[:, None]
+        x_t = batch["inputs"]
+        x0 = mu + jnp.sqrt(ab) * sigma ** 2 / (ab * sigma ** 2 + 1 - ab) * (x_t - jnp.sqrt(ab) * mu)
+        return (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
+
+    data = (mu + sigma * np.random.default_rng(7).normal(size=(2000, 2))).astype(np.float32)
+    run = FakeRun(model, {"inputs": data})
+    lines = []
+    stats = task.sample(run, None, lines.append)
+    assert run.predict_calls == 25 and len(lines) == 3
+    np.testing.assert_allclose(stats["samples"]["channel_mean"], stats["data"]["channel_mean"], atol=0.08)
+    np.testing.assert_allclose(stats["samples"]["channel_std"], stats["data"]["channel_std"], rtol=0.1)

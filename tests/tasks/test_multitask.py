@@ -6,6 +6,7 @@ import pytest
 
 from fintrans.tasks import contrastive, ranking
 from fintrans.tasks.interface import build, summarize
+from task_cases import FakeRun
 
 HEADS = {"ctr": {"task": "ranking_pointwise", "options": {"label_key": "click", "num_bins": 64}},
          "rank": {"task": "ranking_listwise", "weight": 0.5, "options": {"ks": (1, 2)}}}
@@ -89,3 +90,22 @@ def test_bad_head_specs():
         build("multitask", {"heads": {"ctr": {"task": "nope"}}})
     with pytest.raises(ValueError, match="bad options"):
         build("multitask", {"heads": {"ctr": {"task": "ranking_pointwise", "options": {"label": "x"}}}})
+
+
+def test_sample_runs_each_heads_sample_on_its_outputs():
+    rng = np.random.default_rng(8)
+    batch, outputs = _batch(rng), _outputs(rng)
+    lines = []
+    task = build("multitask", {"heads": HEADS})
+    out = task.sample(FakeRun(lambda p, b: outputs, batch), None, lines.append)
+    assert set(out) == {"ctr", "rank"}
+    np.testing.assert_allclose(out["ctr"]["probability"], 1 / (1 + np.exp(-np.asarray(outputs["ctr"])[:3])), rtol=1e-5)
+    assert len(out["rank"]["examples"]) == 3 and any("head 'rank'" in line for line in lines)
+
+
+def test_heads_from_a_config_dict():
+    from ml_collections import ConfigDict
+    options = ConfigDict({"heads": HEADS})
+    task = build("multitask", {"heads": options.heads})
+    assert task.heads == ["ctr", "rank"] and task.weights == {"ctr": 1.0, "rank": 0.5}
+    assert task.tasks["rank"].ks == (1, 2) and task.tasks["ctr"].label_key == "click"

@@ -10,6 +10,7 @@ from sklearn.metrics import ndcg_score, roc_auc_score
 
 from fintrans.tasks import ranking
 from fintrans.tasks.interface import BatchError, accumulate, build, summarize
+from task_cases import FakeRun
 
 KS = (1, 3, 5)
 
@@ -267,3 +268,42 @@ def test_listwise_options_and_batch_errors():
         ranking.ListwiseRanking().check_batch({"relevance": -np.ones((2, 3))})
     with pytest.raises(ValueError, match="do not match relevance"):
         ranking.ListwiseRanking().metrics(jnp.zeros((2, 4)), {"relevance": jnp.zeros((2, 3))})
+
+
+# --------------------------------------------------------------------------------------------- samples
+
+
+def test_pointwise_sample():
+    rng = np.random.default_rng(5)
+    labels = (rng.random(64) < 0.5).astype(np.float32)
+    logits = (rng.normal(size=64) + labels).astype(np.float32)
+    lines = []
+    run = FakeRun(lambda p, b: logits, {"label": labels}, num_examples=3)
+    out = ranking.PointwiseRanking().sample(run, None, lines.append)
+    assert abs(out["auc"] - roc_auc_score(labels, logits)) < 2e-3
+    np.testing.assert_allclose(out["probability"], 1 / (1 + np.exp(-logits[:3])), rtol=1e-5)
+    assert out["label"] == labels[:3].tolist() and len(lines) == 4
+
+
+def test_listwise_sample_shows_distinct_top_items():
+    batch = {"relevance": np.array([[0, 1, 0, 0], [1, 0, 0, 0]], np.float32),
+             "candidate_ids": np.array([[5, 6, 5, 7], [1, 2, 3, 4]], np.int32), "valid": np.array([True, False])}
+    scores = np.array([[3.0, 2.0, 4.0, 1.0], [0.0, 1.0, 2.0, 3.0]], np.float32)
+    lines = []
+    out = ranking.ListwiseRanking(ks=(3,)).sample(FakeRun(lambda p, b: scores, batch), None, lines.append)
+    (example,) = out["examples"]  # the padding row is not shown
+    assert example["items"] == [5, 6, 7] and example["relevant"] == [False, True, False]
+    assert example["ndcg@3"] == pytest.approx(1 / np.log2(3))
+    assert "5:4.000 6:2.000* 7:1.000" in lines[-1]
+
+
+@pytest.mark.parametrize("loss", sorted(ranking.LISTWISE_LOSSES))
+def test_listwise_gradients_reach_only_the_ranked_candidates(loss):
+    rng = np.random.default_rng(6)
+    scores, batch = _listwise_case(rng, b=8)
+    scores = scores + rng.normal(size=scores.shape).astype(np.float32)
+    task = ranking.ListwiseRanking(loss=loss, repeats="exclude")
+    grad = np.asarray(jax.jit(jax.grad(lambda s: task.metrics(s, batch)[0]))(scores))
+    valid, _ = ranking.candidate_set(jnp.asarray(scores), batch, repeats="exclude")
+    valid = np.asarray(valid)
+    assert np.all(np.isfinite(grad)) and np.all(grad[~valid] == 0) and np.any(grad[valid] != 0)
