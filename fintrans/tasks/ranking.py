@@ -20,9 +20,11 @@
   Batch: relevance float|int[B, C] >= 0 (graded or binary; > 0 means relevant; `relevance_key`
   option), optional candidate_mask bool[B, C] (padded candidates), candidate_ids int[B, C] (item ids;
   enables de-duplication), history_ids int[B, H] with history_mask bool[B, H] or negative ids as
-  padding (needed by repeats="exclude"), valid bool[B].
+  padding (needed by repeats="exclude"), candidate_log_q float[B, C] (log of each candidate's sampling
+  probability, for the sampled-softmax correction below), valid bool[B].
   Outputs: scores float[B, C], finite.
-  Metrics: loss, ndcg@k, recall@k (= HitRate@k when each example has one relevant item), mrr, over
+  Metrics: loss, ndcg@k, recall@k (relevant candidates in the top k / all relevant candidates; =
+  HitRate@k when each example has one relevant item), mrr, over
   examples with at least one relevant candidate; means are exact over batches (sums and counts).
 
   Repeated items. A candidate list may hold the same item several times (sampled negatives that
@@ -42,7 +44,9 @@
 
   Losses (`loss` option), over the same distinct candidates the metrics see:
   "softmax" — cross-entropy of the softmax over candidates against relevance normalised to sum 1
-  (sampled softmax when the candidates are a positive plus sampled negatives);
+  (sampled softmax when the candidates are a positive plus sampled negatives; with
+  batch["candidate_log_q"] the scores minus log q enter the loss, the logQ correction of Yi et al. 2019
+  that removes the bias of popularity-sampled negatives; metrics use the raw scores);
   "bpr" — mean over pairs with rel_i > rel_j of -log sigmoid(s_i - s_j) (O(C^2) per example);
   "logloss" — binary log-loss of every candidate against relevance > 0.
 """
@@ -324,13 +328,13 @@ class ListwiseRanking(Task):
     def check_batch(self, batch) -> None:
         spec = {self.relevance_key: (2, "any")}
         optional = {"candidate_mask": (2, "bool"), "candidate_ids": (2, "int"), "history_ids": (2, "int"),
-                    "history_mask": (2, "bool")}
+                    "history_mask": (2, "bool"), "candidate_log_q": (2, "float")}
         spec.update({k: v for k, v in optional.items() if k in batch})
         if self.repeats == "exclude":
             spec.update({"candidate_ids": (2, "int"), "history_ids": (2, "int")})
         check_keys(self.name, batch, spec)
         shape = np.shape(batch[self.relevance_key])
-        for key in ("candidate_mask", "candidate_ids"):
+        for key in ("candidate_mask", "candidate_ids", "candidate_log_q"):
             if key in batch and np.shape(batch[key]) != shape:
                 raise BatchError(f"{self.name} batch[{key!r}] {np.shape(batch[key])} must have the relevance's "
                                  f"shape {shape} [batch, candidates]")
@@ -349,7 +353,10 @@ class ListwiseRanking(Task):
                              "[batch, candidates]")
         valid, relevance = candidate_set(scores, batch, relevance_key=self.relevance_key, repeats=self.repeats)
         w = example_weights(batch, scores.shape[0])
-        row_loss, has_term = LISTWISE_LOSSES[self.loss](scores, relevance, valid)
+        loss_scores = scores
+        if self.loss == "softmax" and "candidate_log_q" in batch:
+            loss_scores = scores.astype(jnp.float32) - batch["candidate_log_q"].astype(jnp.float32)
+        row_loss, has_term = LISTWISE_LOSSES[self.loss](loss_scores, relevance, valid)
         loss_sum, count = weighted(jnp.where(has_term, row_loss, 0.0), w * has_term)
         values, has_relevant = ranking_metrics(scores, relevance, valid, self.ks, self.gain)
         metrics = {"loss": (loss_sum, count)}

@@ -307,3 +307,17 @@ def test_listwise_gradients_reach_only_the_ranked_candidates(loss):
     valid, _ = ranking.candidate_set(jnp.asarray(scores), batch, repeats="exclude")
     valid = np.asarray(valid)
     assert np.all(np.isfinite(grad)) and np.all(grad[~valid] == 0) and np.any(grad[valid] != 0)
+
+
+def test_sampled_softmax_log_q_correction():
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=(4, 5)).astype(np.float32)
+    batch = {"relevance": np.eye(5, dtype=np.float32)[:4], "candidate_log_q": np.log(rng.dirichlet(np.ones(5), 4))}
+    task = ranking.ListwiseRanking(ks=(1,))
+    task.check_batch(batch)
+    loss, metrics = task.metrics(jnp.asarray(scores), batch)
+    expected = ranking.softmax_loss(jnp.asarray(scores - batch["candidate_log_q"]), jnp.asarray(batch["relevance"]),
+                                    jnp.ones((4, 5), bool))[0].mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    plain = task.metrics(jnp.asarray(scores), {"relevance": batch["relevance"]})[1]
+    assert float(metrics["mrr"][0]) == float(plain["mrr"][0])  # the ranking itself uses the raw scores
