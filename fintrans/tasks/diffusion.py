@@ -91,7 +91,8 @@ def x0_and_eps(kind: str, prediction, x_t, ab):
     """(x0, eps) recovered from a prediction at x_t: exact inverses of q_sample and prediction_target."""
     ab = _expand(ab, x_t)
     if kind == "v":
-        return jnp.sqrt(ab) * x_t - jnp.sqrt(1.0 - ab) * prediction, jnp.sqrt(1.0 - ab) * x_t + jnp.sqrt(ab) * prediction
+        return (jnp.sqrt(ab) * x_t - jnp.sqrt(1.0 - ab) * prediction,
+                jnp.sqrt(1.0 - ab) * x_t + jnp.sqrt(ab) * prediction)
     if kind == "epsilon":
         return (x_t - jnp.sqrt(1.0 - ab) * prediction) / jnp.sqrt(ab), prediction
     return prediction, (x_t - jnp.sqrt(ab) * prediction) / jnp.sqrt(1.0 - ab)

@@ -38,7 +38,8 @@ class _HeadApply:
 
 def _select(outputs, head: str, heads: list[str]):
     if not isinstance(outputs, Mapping):
-        raise ValueError(f"multitask: the model must return a dict of head outputs {heads}, got {type(outputs).__name__}")
+        raise ValueError(f"multitask: the model must return a dict of head outputs {heads}, got "
+                         f"{type(outputs).__name__}")
     if head not in outputs:
         raise ValueError(f"multitask: the model's outputs have no head {head!r}; it returned {sorted(outputs)}, "
                          f"the task's heads are {heads}")

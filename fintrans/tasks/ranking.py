@@ -13,8 +13,9 @@
   a negative in the same bin as half a correctly ordered pair. Only same-bin pairs can be wrong, so
   |auc - exact AUC| <= auc_error_bound = 0.5 * sum_b pos_b * neg_b / (P * N) (also reported; it is
   about 0.5 / num_bins when scores spread evenly). Pairs with exactly equal scores count half in the
-  exact AUC too (sklearn's convention). Logits beyond about ±17 saturate sigmoid in float32 and
-  share the end bins; the bound covers them.
+  exact AUC too (sklearn's convention). Rare events (a 1% click rate) crowd into the first
+  probability bins and loosen the bound; `logit_range=R` bins the logit instead, num_bins equal bins
+  on [-R, R] with values outside sharing the end bins, which resolves small probabilities finely.
 
 `ranking_listwise` (retrieval, next-item recommendation): the model scores C candidates per example.
   Batch: relevance float|int[B, C] >= 0 (graded or binary; > 0 means relevant; `relevance_key`
@@ -24,8 +25,8 @@
   probability, for the sampled-softmax correction below), valid bool[B].
   Outputs: scores float[B, C], finite.
   Metrics: loss, ndcg@k, recall@k (relevant candidates in the top k / all relevant candidates; =
-  HitRate@k when each example has one relevant item), mrr, over
-  examples with at least one relevant candidate; means are exact over batches (sums and counts).
+  HitRate@k when each example has one relevant item), mrr, over examples with at least one relevant
+  candidate; means are exact over batches (sums and counts).
 
   Repeated items. A candidate list may hold the same item several times (sampled negatives that
   collide with the positive, an item listed once per past interaction). Each item is counted once:
@@ -52,7 +53,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,11 +65,17 @@ from fintrans.tasks.interface import BatchError, Task, check_keys, example_weigh
 # ---------------------------------------------------------------------------------------------- pointwise
 
 
-def score_histograms(logits: jax.Array, labels: jax.Array, weights: jax.Array, num_bins: int):
-    """(positives, negatives) weighted counts per bin of sigmoid(logits); each float32[num_bins].
-    A soft label y adds y to the positives and 1 - y to the negatives."""
-    p = jax.nn.sigmoid(logits.astype(jnp.float32)).ravel()
-    bins = jnp.clip(jnp.floor(p * num_bins).astype(jnp.int32), 0, num_bins - 1)
+def score_histograms(logits: jax.Array, labels: jax.Array, weights: jax.Array, num_bins: int,
+                     logit_range: float | None = None):
+    """(positives, negatives) weighted counts per bin; each float32[num_bins]. Bins split sigmoid(logits)
+    on [0, 1] equally, or with logit_range R the logits on [-R, R]. A soft label y adds y to the positives
+    and 1 - y to the negatives."""
+    logits = logits.astype(jnp.float32).ravel()
+    if logit_range is None:
+        position = jax.nn.sigmoid(logits)
+    else:
+        position = (logits + logit_range) / (2.0 * logit_range)
+    bins = jnp.clip(jnp.floor(position * num_bins).astype(jnp.int32), 0, num_bins - 1)
     y, w = labels.astype(jnp.float32).ravel(), weights.astype(jnp.float32).ravel()
     empty = jnp.zeros((num_bins,), jnp.float32)
     return empty.at[bins].add(w * y), empty.at[bins].add(w * (1.0 - y))
@@ -99,10 +106,14 @@ class PointwiseRanking(Task):
 
     name = "ranking_pointwise"
 
-    def __init__(self, *, label_key: str = "label", mask_key: str = "label_mask", num_bins: int = 2048):
+    def __init__(self, *, label_key: str = "label", mask_key: str = "label_mask", num_bins: int = 2048,
+                 logit_range: float | None = None):
         if not isinstance(num_bins, int) or num_bins < 2:
             raise ValueError(f"{self.name}: num_bins must be an integer >= 2, got {num_bins!r}")
+        if logit_range is not None and not logit_range > 0:
+            raise ValueError(f"{self.name}: logit_range must be > 0 or None, got {logit_range!r}")
         self.label_key, self.mask_key, self.num_bins = label_key, mask_key, num_bins
+        self.logit_range = None if logit_range is None else float(logit_range)
 
     def check_batch(self, batch) -> None:
         if self.label_key not in batch:
@@ -131,7 +142,7 @@ class PointwiseRanking(Task):
         logits = _pointwise_logits(logits, labels, self.name)
         w = self.weights(batch, labels)
         loss_sum, count = weighted(optax.sigmoid_binary_cross_entropy(logits, labels), w)
-        pos, neg = score_histograms(logits, labels, w, self.num_bins)
+        pos, neg = score_histograms(logits, labels, w, self.num_bins, self.logit_range)
         correct = ((logits > 0) == (labels > 0.5)).astype(jnp.float32)
         metrics = {"loss": (loss_sum, count), "accuracy": weighted(correct, w),
                    "mean_probability": weighted(jax.nn.sigmoid(logits), w), "positive_rate": weighted(labels, w),
@@ -157,7 +168,8 @@ class PointwiseRanking(Task):
         labels = np.asarray(batch[self.label_key], np.float32)
         probability = 1.0 / (1.0 + np.exp(-_pointwise_logits(np.asarray(logits), labels, self.name)))
         w = np.asarray(self.weights(batch, labels))
-        pos, neg = score_histograms(jnp.asarray(logits).reshape(labels.shape), labels, w, self.num_bins)
+        pos, neg = score_histograms(jnp.asarray(logits).reshape(labels.shape), labels, w, self.num_bins,
+                                    self.logit_range)
         auc, _ = auc_from_histograms(pos, neg)
         rows = np.flatnonzero(np.asarray(batch.get("valid", np.ones(len(labels), bool))))[:n]
         print_fn(f"\n--- first test batch: AUC {auc:.4f}; predicted probability / label ---")

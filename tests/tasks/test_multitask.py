@@ -14,11 +14,13 @@ HEADS = {"ctr": {"task": "ranking_pointwise", "options": {"label_key": "click", 
 
 def _batch(rng, b=6, c=4):
     return {"click": (rng.random(b) < 0.5).astype(np.float32),
-            "relevance": np.eye(c, dtype=np.float32)[rng.integers(0, c, b)], "valid": np.r_[np.ones(b - 1, bool), False]}
+            "relevance": np.eye(c, dtype=np.float32)[rng.integers(0, c, b)],
+            "valid": np.r_[np.ones(b - 1, bool), False]}
 
 
 def _outputs(rng, b=6, c=4):
-    return {"ctr": jnp.asarray(rng.normal(size=b), jnp.float32), "rank": jnp.asarray(rng.normal(size=(b, c)), jnp.float32)}
+    return {"ctr": jnp.asarray(rng.normal(size=b), jnp.float32),
+            "rank": jnp.asarray(rng.normal(size=(b, c)), jnp.float32)}
 
 
 def test_weighted_loss_and_prefixed_metrics():
