@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fintrans.models.config import ConfigError
 from fintrans.tasks.interface import BatchError, Task, check_keys, example_weights, weighted
 
 AUGMENTATIONS = ("jitter", "scaling", "masking")
@@ -84,11 +85,11 @@ class Contrastive(Task):
         augment = (augment,) if isinstance(augment, str) else tuple(augment)
         unknown = [a for a in augment if a not in AUGMENTATIONS]
         if unknown:
-            raise ValueError(f"{self.name}: unknown augmentations {unknown}; choose from {AUGMENTATIONS}")
+            raise ConfigError(f"{self.name}: unknown augmentations {unknown}; choose from {AUGMENTATIONS}")
         if not temperature > 0:
-            raise ValueError(f"{self.name}: temperature must be > 0, got {temperature!r}")
+            raise ConfigError(f"{self.name}: temperature must be > 0, got {temperature!r}")
         if not 0 <= mask_rate < 1 or jitter_std < 0 or scaling_std < 0:
-            raise ValueError(f"{self.name}: need 0 <= mask_rate < 1 and non-negative jitter_std, scaling_std; got "
+            raise ConfigError(f"{self.name}: need 0 <= mask_rate < 1 and non-negative jitter_std, scaling_std; got "
                              f"{mask_rate!r}, {jitter_std!r}, {scaling_std!r}")
         self.temperature, self.normalize, self.augment = float(temperature), bool(normalize), augment
         self.augment_options = {"jitter_std": jitter_std, "scaling_std": scaling_std, "mask_rate": mask_rate}

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fintrans.models.config import ConfigError
 from fintrans.tasks.interface import BatchError, Task, check_keys, example_weights, weighted
 
 SCHEDULES = ("linear", "cosine")
@@ -54,9 +55,9 @@ class NoiseSchedule:
 
 def noise_schedule(kind: str, num_timesteps: int) -> NoiseSchedule:
     if kind not in SCHEDULES:
-        raise ValueError(f"noise schedule must be one of {SCHEDULES}, got {kind!r}")
+        raise ConfigError(f"noise schedule must be one of {SCHEDULES}, got {kind!r}")
     if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 2:
-        raise ValueError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
+        raise ConfigError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
     if kind == "linear":
         scale = 1000.0 / num_timesteps
         betas = np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
@@ -137,11 +138,11 @@ class Diffusion(Task):
                  min_snr_gamma: float | None = None, num_buckets: int = 4, data_key: str = "inputs",
                  sample_steps: int = 50, clip_x0: float | None = None):
         if prediction not in PREDICTIONS:
-            raise ValueError(f"{self.name}: prediction must be one of {PREDICTIONS}, got {prediction!r}")
+            raise ConfigError(f"{self.name}: prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if min_snr_gamma is not None and not min_snr_gamma > 0:
-            raise ValueError(f"{self.name}: min_snr_gamma must be > 0 or None, got {min_snr_gamma!r}")
+            raise ConfigError(f"{self.name}: min_snr_gamma must be > 0 or None, got {min_snr_gamma!r}")
         if not isinstance(num_buckets, int) or not 1 <= num_buckets <= num_timesteps:
-            raise ValueError(f"{self.name}: num_buckets must be an integer in [1, num_timesteps], got {num_buckets!r}")
+            raise ConfigError(f"{self.name}: num_buckets must be an integer in [1, num_timesteps], got {num_buckets!r}")
         self.schedule = noise_schedule(schedule, num_timesteps)
         self.prediction, self.min_snr_gamma, self.num_buckets = prediction, min_snr_gamma, num_buckets
         self.data_key, self.sample_steps, self.clip_x0 = data_key, int(sample_steps), clip_x0

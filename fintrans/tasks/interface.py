@@ -1,19 +1,21 @@
 """Stand-in for the Task interface of fintrans/tasks/base.py (being written on another branch).
 
 The new task families (ranking, multitask, contrastive, diffusion) import `Task`, `Metrics`,
-`summarize`, `accumulate` and `task_class` from here; when the branches merge, this module re-exports
-base.py's versions instead (and `task_class` becomes `fintrans.tasks.TASKS.get`).
+`summarize`, `accumulate`, `build` and `task_class` from here; when the branches merge, this module
+re-exports base.py's versions instead (`task_class` becomes `fintrans.tasks.TASKS.get`).
 
     class Task:
         name: str
         check_batch(batch) -> None                         # host-side check; raises BatchError
         loss_and_metrics(apply_fn, params, batch, rng, *, train) -> (loss, Metrics)
+        loss_from_outputs(outputs, batch) -> (loss, Metrics)   # the single-forward-pass case
         derived(summary) -> dict                           # metrics computed from accumulated means
         sample(run, params, print_fn) -> dict              # what a finished run shows
 
 `apply_fn(params, batch, *, rng=None, **model_kwargs) -> outputs` is built by the trainer; a task
 may call it several times per loss (two contrastive views, noise levels).
 Metrics are {name: (sum, count)}; sums may be arrays (histograms), and `summarize` divides elementwise.
+Bad options raise ConfigError, bad batches BatchError.
 """
 from __future__ import annotations
 
@@ -23,13 +25,16 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from fintrans.models.config import ConfigError
 from fintrans.tasks.base import BatchError, check_keys, example_weights, weighted
 
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
 
 
 class Task:
-    """A task family: the batch it expects, its loss (owning the model's forward passes) and metrics."""
+    """A task family: the batch it expects, its loss (owning the model's forward passes) and metrics.
+    Single-pass tasks implement `loss_from_outputs`; the default `loss_and_metrics` runs the model once
+    with the step's rng unchanged (as base.py's Task does)."""
 
     name: str = ""
 
@@ -37,6 +42,9 @@ class Task:
         raise NotImplementedError
 
     def loss_and_metrics(self, apply_fn, params, batch, rng, *, train: bool) -> tuple[jax.Array, Metrics]:
+        return self.loss_from_outputs(apply_fn(params, batch, rng=rng), batch)
+
+    def loss_from_outputs(self, outputs, batch) -> tuple[jax.Array, Metrics]:
         raise NotImplementedError
 
     def derived(self, summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -72,7 +80,7 @@ def task_class(name: str) -> type[Task]:
     for module in _FAMILY_MODULES:
         classes.update(importlib.import_module(module).TASK_CLASSES)
     if name not in classes:
-        raise ValueError(f"unknown task {name!r}; registered: {sorted(classes)}")
+        raise ConfigError(f"unknown task {name!r}; registered: {sorted(classes)}")
     return classes[name]
 
 
@@ -82,7 +90,7 @@ def build(name: str, options: Mapping[str, Any] | None = None) -> Task:
     try:
         return cls(**dict(options or {}))
     except TypeError as e:  # an unknown keyword: name the task and its options
-        raise ValueError(f"task {name!r}: bad options {sorted(options or {})}: {e}") from e
+        raise ConfigError(f"task {name!r}: bad options {sorted(options or {})}: {e}") from e
 
 
 __all__ = ["BatchError", "Metrics", "Task", "accumulate", "build", "check_keys", "example_weights",

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from fintrans.models.config import ConfigError
 from fintrans.tasks.interface import Task, build
 
 
@@ -53,18 +54,18 @@ class MultiTask(Task):
 
     def __init__(self, *, heads: Mapping[str, Mapping[str, Any]]):
         if not heads:
-            raise ValueError("multitask: `heads` must name at least one head: {head: {'task': ..., 'weight': ...}}")
+            raise ConfigError("multitask: `heads` must name at least one head: {head: {'task': ..., 'weight': ...}}")
         self.tasks: dict[str, Task] = {}
         self.weights: dict[str, float] = {}
         for head, spec in heads.items():
             unknown = set(spec) - {"task", "weight", "options"}
             if "task" not in spec or unknown:
-                raise ValueError(f"multitask head {head!r}: needs 'task' and may have 'weight', 'options'; got "
+                raise ConfigError(f"multitask head {head!r}: needs 'task' and may have 'weight', 'options'; got "
                                  f"{sorted(spec)}")
             if spec["task"] == self.name:
-                raise ValueError(f"multitask head {head!r}: heads cannot be multitask themselves")
+                raise ConfigError(f"multitask head {head!r}: heads cannot be multitask themselves")
             if "/" in head:
-                raise ValueError(f"multitask head {head!r}: '/' separates head and metric names")
+                raise ConfigError(f"multitask head {head!r}: '/' separates head and metric names")
             self.tasks[head] = build(spec["task"], spec.get("options"))
             self.weights[head] = float(spec.get("weight", 1.0))
 

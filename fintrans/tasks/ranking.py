@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fintrans.models.config import ConfigError
 from fintrans.tasks.interface import BatchError, Task, check_keys, example_weights, weighted
 
 # ---------------------------------------------------------------------------------------------- pointwise
@@ -109,9 +110,9 @@ class PointwiseRanking(Task):
     def __init__(self, *, label_key: str = "label", mask_key: str = "label_mask", num_bins: int = 2048,
                  logit_range: float | None = None):
         if not isinstance(num_bins, int) or num_bins < 2:
-            raise ValueError(f"{self.name}: num_bins must be an integer >= 2, got {num_bins!r}")
+            raise ConfigError(f"{self.name}: num_bins must be an integer >= 2, got {num_bins!r}")
         if logit_range is not None and not logit_range > 0:
-            raise ValueError(f"{self.name}: logit_range must be > 0 or None, got {logit_range!r}")
+            raise ConfigError(f"{self.name}: logit_range must be > 0 or None, got {logit_range!r}")
         self.label_key, self.mask_key, self.num_bins = label_key, mask_key, num_bins
         self.logit_range = None if logit_range is None else float(logit_range)
 
@@ -136,7 +137,7 @@ class PointwiseRanking(Task):
         w = jnp.broadcast_to(w, labels.shape)
         return w * batch[self.mask_key].astype(jnp.float32) if self.mask_key in batch else w
 
-    def metrics(self, logits, batch):
+    def loss_from_outputs(self, logits, batch):
         """(mean loss, metric sums) for logits shaped like the labels."""
         labels = batch[self.label_key].astype(jnp.float32)
         logits = _pointwise_logits(logits, labels, self.name)
@@ -148,9 +149,6 @@ class PointwiseRanking(Task):
                    "mean_probability": weighted(jax.nn.sigmoid(logits), w), "positive_rate": weighted(labels, w),
                    "auc_positives": (pos, count), "auc_negatives": (neg, count)}
         return loss_sum / jnp.maximum(count, 1.0), metrics
-
-    def loss_and_metrics(self, apply_fn, params, batch, rng, *, train: bool):
-        return self.metrics(apply_fn(params, batch, rng=rng), batch)
 
     def derived(self, summary):
         out = {}
@@ -329,11 +327,11 @@ class ListwiseRanking(Task):
                  gain: str = "linear", relevance_key: str = "relevance"):
         ks = tuple(ks)
         if not ks or not all(isinstance(k, (int, np.integer)) and k >= 1 for k in ks):
-            raise ValueError(f"{self.name}: ks must be a non-empty tuple of positive integers, got {ks!r}")
+            raise ConfigError(f"{self.name}: ks must be a non-empty tuple of positive integers, got {ks!r}")
         for option, value, choices in (("loss", loss, tuple(LISTWISE_LOSSES)), ("repeats", repeats, _REPEATS),
                                        ("gain", gain, _GAINS)):
             if value not in choices:
-                raise ValueError(f"{self.name}: {option} must be one of {choices}, got {value!r}")
+                raise ConfigError(f"{self.name}: {option} must be one of {choices}, got {value!r}")
         self.ks, self.loss, self.repeats, self.gain = tuple(int(k) for k in ks), loss, repeats, gain
         self.relevance_key = relevance_key
 
@@ -357,7 +355,7 @@ class ListwiseRanking(Task):
         if relevance.size and relevance.min() < 0:
             raise BatchError(f"{self.name} batch[{self.relevance_key!r}] must be >= 0, got {relevance.min()}")
 
-    def metrics(self, scores, batch):
+    def loss_from_outputs(self, scores, batch):
         """(mean loss, metric sums) for candidate scores [B, C]."""
         relevance = batch[self.relevance_key]
         if scores.shape != relevance.shape:
@@ -374,9 +372,6 @@ class ListwiseRanking(Task):
         metrics = {"loss": (loss_sum, count)}
         metrics.update({k: weighted(v, w * has_relevant) for k, v in values.items()})
         return loss_sum / jnp.maximum(count, 1.0), metrics
-
-    def loss_and_metrics(self, apply_fn, params, batch, rng, *, train: bool):
-        return self.metrics(apply_fn(params, batch, rng=rng), batch)
 
     def derived(self, summary):
         return {}

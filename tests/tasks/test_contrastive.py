@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fintrans.models.config import ConfigError
 from fintrans.tasks import contrastive
 from fintrans.tasks.interface import BatchError
 from task_cases import FakeRun
@@ -111,9 +112,9 @@ def test_augmentations():
 
 
 def test_options_and_batch_errors():
-    with pytest.raises(ValueError, match="unknown augmentations"):
+    with pytest.raises(ConfigError, match="unknown augmentations"):
         contrastive.Contrastive(augment=("crop",))
-    with pytest.raises(ValueError, match="temperature"):
+    with pytest.raises(ConfigError, match="temperature"):
         contrastive.Contrastive(temperature=0)
     task = contrastive.Contrastive()
     with pytest.raises(BatchError, match="view_b"):

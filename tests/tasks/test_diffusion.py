@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from fintrans.models.config import ConfigError
 from fintrans.tasks import diffusion
 from fintrans.tasks.interface import BatchError, accumulate, summarize
 from task_cases import FakeRun
@@ -22,7 +23,7 @@ def test_schedule_properties(kind):
         np.testing.assert_allclose(ab, np.cumprod(1 - s.betas))
     linear = diffusion.noise_schedule("linear", 1000)
     assert linear.betas[0] == pytest.approx(1e-4) and linear.betas[-1] == pytest.approx(0.02)
-    with pytest.raises(ValueError, match="schedule must be one of"):
+    with pytest.raises(ConfigError, match="schedule must be one of"):
         diffusion.noise_schedule("quadratic", 10)
 
 
@@ -176,7 +177,7 @@ def test_model_call_and_errors():
         task.check_batch({"label": np.zeros((2, 3))})
     with pytest.raises(BatchError, match="timesteps"):
         task.check_batch({**batch, "timesteps": np.zeros(4, np.int32)})
-    with pytest.raises(ValueError, match="prediction must be one of"):
+    with pytest.raises(ConfigError, match="prediction must be one of"):
         diffusion.Diffusion(prediction="score")
 
 

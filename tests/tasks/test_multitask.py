@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fintrans.models.config import ConfigError
 from fintrans.tasks import contrastive, ranking
 from fintrans.tasks.interface import build, summarize
 from task_cases import FakeRun
@@ -36,8 +37,8 @@ def test_weighted_loss_and_prefixed_metrics():
     task.check_batch(batch)
     loss, metrics = task.loss_and_metrics(apply_fn, None, batch, jax.random.PRNGKey(0), train=True)
     assert len(calls) == 1  # one forward pass serves both heads
-    ctr_loss, ctr_metrics = ranking.PointwiseRanking(label_key="click", num_bins=64).metrics(outputs["ctr"], batch)
-    rank_loss, rank_metrics = ranking.ListwiseRanking(ks=(1, 2)).metrics(outputs["rank"], batch)
+    ctr_loss, ctr_metrics = ranking.PointwiseRanking(label_key="click", num_bins=64).loss_from_outputs(outputs["ctr"], batch)
+    rank_loss, rank_metrics = ranking.ListwiseRanking(ks=(1, 2)).loss_from_outputs(outputs["rank"], batch)
     assert float(loss) == pytest.approx(float(ctr_loss) + 0.5 * float(rank_loss), rel=1e-6)
     expected_keys = {f"ctr/{k}" for k in ctr_metrics} | {f"rank/{k}" for k in rank_metrics} | {"loss"}
     assert set(metrics) == expected_keys
@@ -78,19 +79,19 @@ def test_multi_call_head_gets_its_own_forward_passes():
     assert len(seen) == 3 and seen[0] is x and not np.allclose(seen[1], x)
     alone = contrastive.Contrastive(augment=["jitter"], temperature=0.5).loss_and_metrics(
         lambda p, b, rng=None: b["inputs"] * p, 2.0, batch, key, train=True)[0]
-    ctr = ranking.PointwiseRanking(label_key="click").metrics(jnp.asarray(x).sum(-1), batch)[0]
+    ctr = ranking.PointwiseRanking(label_key="click").loss_from_outputs(jnp.asarray(x).sum(-1), batch)[0]
     assert float(loss) == pytest.approx(float(ctr) + 2.0 * float(alone), rel=1e-6)
     assert "embed/accuracy" in metrics and "ctr/accuracy" in metrics
 
 
 def test_bad_head_specs():
-    with pytest.raises(ValueError, match="at least one head"):
+    with pytest.raises(ConfigError, match="at least one head"):
         build("multitask", {"heads": {}})
-    with pytest.raises(ValueError, match="needs 'task'"):
+    with pytest.raises(ConfigError, match="needs 'task'"):
         build("multitask", {"heads": {"ctr": {"weight": 1.0}}})
-    with pytest.raises(ValueError, match="unknown task 'nope'"):
+    with pytest.raises(ConfigError, match="unknown task 'nope'"):
         build("multitask", {"heads": {"ctr": {"task": "nope"}}})
-    with pytest.raises(ValueError, match="bad options"):
+    with pytest.raises(ConfigError, match=r"\['label'\]"):
         build("multitask", {"heads": {"ctr": {"task": "ranking_pointwise", "options": {"label": "x"}}}})
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import ndcg_score, roc_auc_score
 
+from fintrans.models.config import ConfigError
 from fintrans.tasks import ranking
 from fintrans.tasks.interface import BatchError, accumulate, build, summarize
 from task_cases import FakeRun
@@ -95,12 +96,12 @@ def test_pointwise_bad_batches():
         task.check_batch({"click": np.zeros(3)})
     with pytest.raises(BatchError, match=r"\[0, 1\]"):
         task.check_batch({"label": np.array([0.0, 2.0])})
-    with pytest.raises(ValueError, match="num_bins"):
+    with pytest.raises(ConfigError, match="num_bins"):
         ranking.PointwiseRanking(num_bins=1)
-    with pytest.raises(ValueError, match="logit_range"):
+    with pytest.raises(ConfigError, match="logit_range"):
         ranking.PointwiseRanking(logit_range=0)
     with pytest.raises(ValueError, match="do not match"):
-        task.metrics(jnp.zeros((3, 2)), {"label": jnp.zeros(3)})
+        task.loss_from_outputs(jnp.zeros((3, 2)), {"label": jnp.zeros(3)})
 
 
 # ------------------------------------------------------------------------------------------- list-wise
@@ -269,11 +270,11 @@ def test_listwise_losses_against_numpy():
 
 
 def test_listwise_options_and_batch_errors():
-    with pytest.raises(ValueError, match="loss must be one of"):
+    with pytest.raises(ConfigError, match="loss must be one of"):
         ranking.ListwiseRanking(loss="hinge")
-    with pytest.raises(ValueError, match="ks must be"):
+    with pytest.raises(ConfigError, match="ks must be"):
         ranking.ListwiseRanking(ks=(0,))
-    with pytest.raises(ValueError, match="bad options"):
+    with pytest.raises(ConfigError, match=r"\['kss'\]"):  # the unknown option is named
         build("ranking_listwise", {"kss": (1,)})
     task = ranking.ListwiseRanking(repeats="exclude")
     ok = {"relevance": np.zeros((2, 3)), "candidate_ids": np.zeros((2, 3), np.int32)}
@@ -284,7 +285,7 @@ def test_listwise_options_and_batch_errors():
     with pytest.raises(BatchError, match=">= 0"):
         ranking.ListwiseRanking().check_batch({"relevance": -np.ones((2, 3))})
     with pytest.raises(ValueError, match="do not match relevance"):
-        ranking.ListwiseRanking().metrics(jnp.zeros((2, 4)), {"relevance": jnp.zeros((2, 3))})
+        ranking.ListwiseRanking().loss_from_outputs(jnp.zeros((2, 4)), {"relevance": jnp.zeros((2, 3))})
 
 
 # --------------------------------------------------------------------------------------------- samples
@@ -320,7 +321,7 @@ def test_listwise_gradients_reach_only_the_ranked_candidates(loss):
     scores, batch = _listwise_case(rng, b=8)
     scores = scores + rng.normal(size=scores.shape).astype(np.float32)
     task = ranking.ListwiseRanking(loss=loss, repeats="exclude")
-    grad = np.asarray(jax.jit(jax.grad(lambda s: task.metrics(s, batch)[0]))(scores))
+    grad = np.asarray(jax.jit(jax.grad(lambda s: task.loss_from_outputs(s, batch)[0]))(scores))
     valid, _ = ranking.candidate_set(jnp.asarray(scores), batch, repeats="exclude")
     valid = np.asarray(valid)
     assert np.all(np.isfinite(grad)) and np.all(grad[~valid] == 0) and np.any(grad[valid] != 0)
@@ -332,9 +333,9 @@ def test_sampled_softmax_log_q_correction():
     batch = {"relevance": np.eye(5, dtype=np.float32)[:4], "candidate_log_q": np.log(rng.dirichlet(np.ones(5), 4))}
     task = ranking.ListwiseRanking(ks=(1,))
     task.check_batch(batch)
-    loss, metrics = task.metrics(jnp.asarray(scores), batch)
+    loss, metrics = task.loss_from_outputs(jnp.asarray(scores), batch)
     expected = ranking.softmax_loss(jnp.asarray(scores - batch["candidate_log_q"]), jnp.asarray(batch["relevance"]),
                                     jnp.ones((4, 5), bool))[0].mean()
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
-    plain = task.metrics(jnp.asarray(scores), {"relevance": batch["relevance"]})[1]
+    plain = task.loss_from_outputs(jnp.asarray(scores), {"relevance": batch["relevance"]})[1]
     assert float(metrics["mrr"][0]) == float(plain["mrr"][0])  # the ranking itself uses the raw scores
