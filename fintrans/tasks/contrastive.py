@@ -1,7 +1,8 @@
 """Contrastive representation learning: NT-Xent (SimCLR) over two views of each example.
 
-Batch: either `view_a` and `view_b` (two views made by the data pipeline, same shape) or `inputs`
-(one array; the task makes two views with its own augmentation), plus any fields the model reads
+Batch: either `view_a` and `view_b` (two views made by the data pipeline, same shape; the way for
+tokens or images) or float `inputs` [B, ..., channels] (series or features; the task makes two views
+with its own augmentation), plus any fields the model reads
 (mask, ...), and `valid` bool[B] on evaluation.
 The model is called twice per loss, once per view, as apply_fn(params, {**batch, "inputs": view}),
 with independent dropout rngs, and returns embeddings [B, D] (or [B, ..., D], flattened).
