@@ -8,17 +8,27 @@
 Datasets (fd.names()) and their config fields besides `name`, `data_dir` (default $FINTRANS_DATA_DIR or
 ~/.cache/fintrans/tfds) and `prepare` (default True: build the dataset if it is missing):
   chars            seq_len            {'inputs', 'targets'}: int32[B, seq_len]; targets = inputs shifted by one
-  digits           -                  {'inputs': float32[B, 8, 8, 1] in [0, 1], 'label': int32[B]}
+  digits           [augment, crop_padding, pad_mode]
+                                      {'inputs': float32[B, 8, 8, 1] in [0, 1], 'label': int32[B]}
   sp500            input_len, horizon {'inputs': float32[B, input_len, 6], 'targets': float32[B, horizon, 6]}
   finai_sentences  max_len            {'inputs': int32[B, max_len] ([CLS] first), 'mask': bool[B, max_len], 'label'}
   stocks           input_len, horizon, target, min_corr_pct
                                       {'inputs': float32[B, input_len, C], 'targets': float32[B, horizon, C]}; C of
                                       AAPL/GOOG/IBM/MSFT/sp500/nasdaq kept by train-split correlation with target
   seattle_weather  input_len, horizon {'inputs': float32[B, input_len, 4], 'targets': float32[B, horizon, 4]}
-  basic_motions    -                  {'inputs': float32[B, 100, 6], 'mask': bool[B, 100], 'label': int32[B] (4)}
-  japanese_vowels  -                  {'inputs': float32[B, 29, 12] zero-padded, 'mask': bool[B, 29], 'label' (9)}
+  basic_motions    [shapelets]        {'inputs': float32[B, 100, 6], 'mask': bool[B, 100], 'label': int32[B] (4)}
+  japanese_vowels  [shapelets]        {'inputs': float32[B, 29, 12] zero-padded, 'mask': bool[B, 29], 'label' (9)}
+  (and patient_visits: gsp; synthetic_scenes: max_points; see their modules). [optional] fields have defaults.
 Forecasting series are standardised with their train split's mean/std (info['mean'], info['std']).
 Evaluation batches (num_epochs=1) also carry 'valid': bool[B] (False on padding rows).
+
+Image, text and sequence datasets stream (DatasetSpec.streams): each record is decoded when the
+pipeline reads it (storage.RecordSource), so memory does not grow with the split; chars and the
+forecasting series hold their splits in memory because their windows span records. Training
+augmentation (`augment="crop_flip"` etc., fintrans.data.augment) is keyed on (seed, epoch, index).
+Data-dependent preprocessing (shapelets, train statistics, feature selection) is fitted when the
+dataset is loaded and cached beside it (fintrans.data.fitted); `info` values may be any JSON-like data.
+Two processes loading an unbuilt dataset at once both get it: the build runs under a file lock.
 
 The iterator is grain's DatasetIterator: `it.get_state()` / `it.set_state(state)`; with orbax
 (mngr = ocp.CheckpointManager(dir); grain registers its args, or pass item_handlers={"data":

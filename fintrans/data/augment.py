@@ -34,14 +34,29 @@ for _name, _ops in (("none", ()), ("crop", ("crop",)), ("flip", ("flip",)), ("cr
     AUGMENTATIONS.register(_name, _ops)
 
 
+def crop_window(image: np.ndarray, top: int, left: int, padding: int, mode: str = "reflect") -> np.ndarray:
+    """np.pad(image, padding, mode)[top:top + H, left:left + W] for images [H, W, C], without padding it.
+
+    (np.pad alone costs ~70 us on an 8x8 image; gathering the rows and columns costs a few.)"""
+    h, w = image.shape[:2]
+    rows, cols = np.arange(h) + top - padding, np.arange(w) + left - padding
+    if mode == "constant":
+        out = np.zeros_like(image)
+        r, c = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
+        out[np.ix_(r, c)] = image[np.ix_(rows[r], cols[c])]
+        return out
+    if padding >= min(h, w):  # reflections of reflections: leave them to numpy
+        return np.pad(image, ((padding, padding), (padding, padding), (0, 0)), mode=mode)[top:top + h, left:left + w]
+    reflect = lambda i, n: np.where(np.abs(i) >= n, 2 * (n - 1) - np.abs(i), np.abs(i))  # noqa: E731 (edge once)
+    return image[np.ix_(reflect(rows, h), reflect(cols, w))]
+
+
 def random_crop(image: np.ndarray, rng: np.random.Generator, padding: int, mode: str = "reflect") -> np.ndarray:
     """The image [H, W, C] padded by `padding` on each side, then cropped back to H x W at a random offset."""
     if padding == 0:
         return image
-    h, w = image.shape[:2]
-    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)), mode=mode)
-    top, left = rng.integers(0, 2 * padding + 1, size=2)
-    return padded[top:top + h, left:left + w]
+    top, left = (rng.random(2) * (2 * padding + 1)).astype(int)  # (rng.integers costs ~20 us a call)
+    return crop_window(image, int(top), int(left), padding, mode)
 
 
 def horizontal_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -101,10 +101,16 @@ def test_image_augmentations():
     assert augment.random_crop(image, rng, 0) is image
     crops = [augment.random_crop(image, np.random.default_rng(s), 2, "constant") for s in range(20)]
     assert all(c.shape == image.shape for c in crops) and any(c[0, 0, 0] == 0 for c in crops)
-    # every crop is a window of the padded image
-    padded = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="reflect")
-    c = augment.random_crop(image, np.random.default_rng(3), 2, "reflect")
-    assert any(np.array_equal(c, padded[t:t + 6, l:l + 6]) for t in range(5) for l in range(5))
+    # every crop window equals numpy's padding then slicing, for both modes and any padding
+    for mode in augment.PAD_MODES:
+        for padding in (1, 2, 7):
+            padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)), mode=mode)
+            for top, left in ((0, 0), (padding, 2 * padding), (2 * padding, 1), (padding, padding)):
+                np.testing.assert_array_equal(augment.crop_window(image, top, left, padding, mode),
+                                              padded[top:top + 6, left:left + 6])
+    offsets = {tuple(np.argwhere(augment.random_crop(np.arange(36.0).reshape(6, 6, 1), np.random.default_rng(s), 1,
+                                                     "constant")[..., 0] == 14)[0]) for s in range(60)}
+    assert offsets == {(r, c) for r in (1, 2, 3) for c in (1, 2, 3)}  # all 9 offsets of padding 1 occur
     flips = [augment.horizontal_flip(image, np.random.default_rng(s)) for s in range(10)]
     assert any(f is image for f in flips) and any(np.array_equal(f, image[:, ::-1]) for f in flips)
     resized = augment.random_resized_crop(image, np.random.default_rng(1), scale=(1.0, 1.0), ratio=(1.0, 1.0))
