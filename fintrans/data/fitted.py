@@ -4,10 +4,13 @@ ShapeFormer's shapelets, the stocks correlation selection and per-channel traini
 data, not only on the config; they are fitted on the train split when a dataset is loaded (never while a
 config is parsed) and cached as JSON in the prepared dataset's folder:
 
-    <data_dir>/<name>/<version>/fitted/<kind>-<hash of kind and params>.json   {"kind", "params", "value"}
+    <data_dir>/<name>/<version>/fitted/<kind>-<hash of kind, params, code>.json   {"kind", "params", "code", "value"}
 
     cache = FittedCache(version_dir)                 # FittedCache(None): compute every time, cache nothing
     value = cache.get("shapelets", {"per_class": 2, "window": 20}, compute)   # compute() -> JSON value
+
+Rebuilding the dataset deletes its folder and so its artefacts; a fit whose code changes its result
+passes a new `code` number, so artefacts of the old code are never read.
 
 A value is whatever JSON holds (numbers, strings, lists, dicts; numpy scalars/arrays are converted), and
 the first caller gets exactly what later callers read back (the value is round-tripped through JSON).
@@ -74,20 +77,24 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def _header(kind: str, params: Mapping[str, Any], code: int) -> dict:
+    return {"kind": kind, "params": dict(params), "code": int(code)}
+
+
 class FittedCache:
     """Fitted artefacts of one prepared dataset (its version folder), or an uncached stand-in (None)."""
 
     def __init__(self, dataset_dir: str | os.PathLike | None):
         self.dir = None if dataset_dir is None else Path(dataset_dir) / FITTED_DIR
 
-    def path(self, kind: str, params: Mapping[str, Any]) -> Path | None:
-        """Where the artefact (kind, params) is cached (None for the uncached stand-in)."""
+    def path(self, kind: str, params: Mapping[str, Any], code: int = 1) -> Path | None:
+        """Where the artefact (kind, params, code) is cached (None for the uncached stand-in)."""
         if self.dir is None:
             return None
-        digest = hashlib.sha256(canonical({"kind": kind, "params": dict(params)}).encode()).hexdigest()[:16]
-        return self.dir / f"{kind}-{digest}.json"
+        key = canonical(_header(kind, params, code))
+        return self.dir / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
-    def _read(self, path: Path, kind: str, params: Mapping[str, Any]) -> tuple[bool, Any]:
+    def _read(self, path: Path, kind: str, params: Mapping[str, Any], code: int) -> tuple[bool, Any]:
         try:
             stored = json.loads(path.read_text())
         except FileNotFoundError:
@@ -95,21 +102,24 @@ class FittedCache:
         except (OSError, ValueError) as e:  # damaged: fitted again below and replaced
             log.warning("fitted artefact %s is unreadable (%s); fitting it again", path, e)
             return False, None
-        if not isinstance(stored, dict) or stored.get("kind") != kind or \
-                canonical(stored.get("params")) != canonical(dict(params)) or "value" not in stored:
+        header = _header(kind, params, code)
+        if not isinstance(stored, dict) or canonical({k: stored.get(k) for k in header}) != canonical(header) or \
+                "value" not in stored:
             log.warning("fitted artefact %s does not hold %s%s; fitting it again", path, kind, dict(params))
             return False, None
         return True, stored["value"]
 
-    def get(self, kind: str, params: Mapping[str, Any], compute: Callable[[], Any]) -> Any:
-        """The cached value of artefact `kind` fitted with `params`; compute() it (once) if missing."""
+    def get(self, kind: str, params: Mapping[str, Any], compute: Callable[[], Any], *, code: int = 1) -> Any:
+        """The cached value of artefact `kind` fitted with `params`; compute() it (once) if missing.
+
+        `code`: the fitting code's version; bump it when a change to the code changes the result."""
         if not kind or not kind.replace("_", "").isalnum():
             raise ValueError(f"fitted artefact kind must be a non-empty identifier; got {kind!r}")
         params = json.loads(canonical(dict(params)))  # plain JSON, so numpy ints hash like Python ints
-        path = self.path(kind, params)
+        path = self.path(kind, params, code)
         if path is None:
             return json.loads(canonical(compute()))
-        found, value = self._read(path, kind, params)
+        found, value = self._read(path, kind, params, code)
         if found:
             return value
         with contextlib.ExitStack() as stack:
@@ -118,9 +128,9 @@ class FittedCache:
             except OSError as e:  # read-only data_dir: correct, only slower
                 log.warning("cannot cache fitted artefact %s in %s (%s); computing it uncached", kind, self.dir, e)
                 return json.loads(canonical(compute()))
-            found, value = self._read(path, kind, params)  # another process may have fitted it meanwhile
+            found, value = self._read(path, kind, params, code)  # another process may have fitted it meanwhile
             if found:
                 return value
-            text = canonical({"kind": kind, "params": params, "value": compute()})
+            text = canonical({**_header(kind, params, code), "value": compute()})
             atomic_write_text(path, text)
             return json.loads(text)["value"]

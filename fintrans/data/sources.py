@@ -80,7 +80,10 @@ class MappedSource:
         return {k: np.asarray(v) for k, v in self._make(self.records[int(index)]).items()}
 
     def take(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        examples = [self[i] for i in np.asarray(indices).reshape(-1)]
+        indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+        records = (self.records.__getitems__(indices) if hasattr(self.records, "__getitems__")
+                   else [self.records[i] for i in indices])
+        examples = [{k: np.asarray(v) for k, v in self._make(r).items()} for r in records]
         if not examples:  # an empty batch still has the example's keys and shapes (from example 0)
             if not len(self):
                 raise IndexError("take from an empty source")

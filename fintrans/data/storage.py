@@ -136,40 +136,68 @@ def _split_files(builder, split: str) -> list[tuple[Path, int]]:
 
 
 class RecordSource:
-    """A split's records, decoded one at a time on access: a grain RandomAccessDataSource (len, getitem).
+    """A split's records, decoded one at a time on access: a grain RandomAccessDataSource (len, getitem,
+    getitems).
 
     Only the files' readers are held (opened and checked on construction); no record is kept, so memory
-    does not grow with the split. `decoded` counts the records decoded so far (tests and profiling).
+    does not grow with the split. `decoded` counts the records decoded so far. Pickling reopens the
+    files, so the source can go to grain's worker processes.
     """
 
     def __init__(self, builder, split: str):
         self.features = builder.info.features
         self.split = split
         self._files = _split_files(builder, split)
-        self._readers = [_open_file(path, n) for path, n in self._files]
         self._ends = np.cumsum([n for _, n in self._files], dtype=np.int64)
-        self._locks = [threading.Lock() for _ in self._files]  # one reader is not shared between threads
         self.decoded = 0
+        self._open()
+
+    def _open(self) -> None:
+        self._readers = [_open_file(path, n) for path, n in self._files]
+        self._locks = [threading.Lock() for _ in self._files]  # a reader is not shared between threads
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_readers", "_locks")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open()
 
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _locate(self, index: int) -> tuple[int, int]:
         n = len(self)
         index = int(index)
         if not -n <= index < n:
             raise IndexError(f"record {index} of split {self.split!r} is out of range [0, {n})")
         index %= n
         f = int(np.searchsorted(self._ends, index, side="right"))
-        position = index - (int(self._ends[f - 1]) if f else 0)
+        return f, index - (int(self._ends[f - 1]) if f else 0)
+
+    def _read(self, f: int, positions: list[int]) -> list[dict[str, Any]]:
         path = self._files[f][0]
         try:
             with self._locks[f]:
-                raw = self._readers[f].read([position])[0]
+                raw = self._readers[f].read(positions)
+                self.decoded += len(positions)
         except RuntimeError as e:
             raise DatasetCorruptError(f"record file {path} is corrupt ({e}); {_fix(path)}") from e
-        self.decoded += 1
-        return _decode(self.features, raw, path)
+        return [_decode(self.features, r, path) for r in raw]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        f, position = self._locate(index)
+        return self._read(f, [position])[0]
+
+    def __getitems__(self, indices) -> list[dict[str, Any]]:
+        """Records at `indices` (any order), one read call per file."""
+        located = [self._locate(i) for i in indices]
+        out: list[Any] = [None] * len(located)
+        for f in sorted({f for f, _ in located}):
+            here = [k for k, (g, _) in enumerate(located) if g == f]
+            for k, record in zip(here, self._read(f, [located[k][1] for k in here])):
+                out[k] = record
+        return out
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))

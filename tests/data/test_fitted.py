@@ -35,6 +35,8 @@ def test_cache_computes_once_and_keys_on_params(tmp_path):
     assert cache.get("stats", {"k": 2}, compute) == first and len(calls) == 3
     assert json.loads(path.read_text())["params"] == {"k": 2}
     assert fitted.FittedCache(None).get("stats", {}, compute) == first and len(calls) == 4  # uncached
+    cache.get("stats", {"k": 2}, compute, code=2)  # changed fitting code: not the old artefact
+    assert len(calls) == 5 and cache.get("stats", {"k": 2}, compute, code=2) == first and len(calls) == 5
 
 
 def test_unwritable_folder_computes_without_caching(tmp_path, caplog, monkeypatch):
