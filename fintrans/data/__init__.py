@@ -40,6 +40,7 @@ Build datasets ahead of a multi-host run with `python -m fintrans.data.prepare -
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -145,7 +146,7 @@ def _as_dict(data_cfg: Any) -> dict[str, Any]:
 def _check_field(name: str, field_name: str, field, value: Any) -> Any:
     """The validated value of one config field (see spec.Field)."""
     if value is None:
-        return field.default
+        return copy.deepcopy(field.default)  # (a reader may not change the spec's default through its fields)
     if field.kind is int:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < field.minimum:
             raise DataConfigError(f"config field {field_name} of dataset {name!r} ({field.meaning}) must be an integer "

@@ -142,23 +142,19 @@ class JsonMetadata(OfflineBuilder, skip_registration=True):
             yield i, {"x": i}
 
 
-def test_metadata_and_info_fields_of_any_json_type(tmp_path):
+def test_metadata_and_info_fields_of_any_json_type(tmp_path, monkeypatch):
     def read(records, fields, metadata, fitted):
         del fitted
-        return spec.Loaded(sources={s: sources.MappedSource(r, lambda rec: {"x": rec["x"]})
-                                       for s, r in records.items()},
-                              info={"metadata": metadata, "options": fields["options"], "label": fields["label"]})
+        return spec.Loaded(sources={s: sources.MappedSource(r, lambda rec: {"x": rec["x"]}) for s, r in records.items()},
+                           info={"metadata": metadata, "options": fields["options"], "label": fields["label"]})
 
     dataset = spec.DatasetSpec(
         name="json_metadata", builder=JsonMetadata, read=read, streams=True,
         fields={"options": spec.Field("any JSON mapping", kind=dict, default={"a": [1.5, "b"]}),
                 "label": spec.Field("a string", kind=str, default="none")})
-    DATASETS.register("json_metadata", dataset)
-    try:
-        ds = fd.load({"name": "json_metadata", "data_dir": str(tmp_path), "options": {"x": {"y": [0.25, "z"]}}})
-        assert ds.info["metadata"] == METADATA  # written by the build, read back from disk with its types
-        assert ds.info["options"] == {"x": {"y": [0.25, "z"]}} and ds.info["label"] == "none"
-        assert fd.load({"name": "json_metadata", "data_dir": str(tmp_path)}).info["options"] == {"a": [1.5, "b"]}
-        assert [ds.source("train")[i]["x"] for i in range(3)] == [0, 1, 2]
-    finally:
-        DATASETS._entries.pop("json_metadata")
+    monkeypatch.setitem(DATASETS._entries, "json_metadata", dataset)  # registered for this test only
+    ds = fd.load({"name": "json_metadata", "data_dir": str(tmp_path), "options": {"x": {"y": [0.25, "z"]}}})
+    assert ds.info["metadata"] == METADATA  # written by the build, read back from disk with its types
+    assert ds.info["options"] == {"x": {"y": [0.25, "z"]}} and ds.info["label"] == "none"
+    assert fd.load({"name": "json_metadata", "data_dir": str(tmp_path)}).info["options"] == {"a": [1.5, "b"]}
+    assert [ds.source("train")[i]["x"] for i in range(3)] == [0, 1, 2]
