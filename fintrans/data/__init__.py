@@ -154,8 +154,9 @@ def _check_field(name: str, field_name: str, field, value: Any) -> Any:
         return int(value)
     if field.kind is str:
         if not isinstance(value, str) or (field.choices and value not in field.choices):
-            raise DataConfigError(f"config field {field_name} of dataset {name!r} must be one of "
-                                  f"{list(field.choices)}; got {value!r}")
+            allowed = f"one of {list(field.choices)}" if field.choices else "a string"
+            raise DataConfigError(f"config field {field_name} of dataset {name!r} ({field.meaning}) must be "
+                                  f"{allowed}; got {value!r}")
         return value
     if hasattr(value, "to_dict"):  # a nested ml_collections.ConfigDict
         value = value.to_dict()

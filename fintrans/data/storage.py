@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -229,7 +229,8 @@ def read_records(builder) -> dict[str, list[dict[str, Any]]]:
     with _lock:
         if key in _records_cache:
             return _records_cache[key]
-    records = {split: [r for path, n in _split_files(builder, split) for r in _read_file(path, n, builder.info.features)]
+    features = builder.info.features
+    records = {split: [r for path, n in _split_files(builder, split) for r in _read_file(path, n, features)]
                for split in SPLITS}
     with _lock:
         _records_cache[key] = records

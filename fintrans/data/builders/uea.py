@@ -179,11 +179,12 @@ def check_shapelet_fit(value: Any) -> dict | None:
                               f"got {value!r}")
     unknown = sorted(set(value) - set(SHAPELET_PARAMS))
     if unknown:
-        raise DataConfigError(f"unknown key(s) {unknown} in config field shapelets; valid keys: {list(SHAPELET_PARAMS)}")
+        raise DataConfigError(f"unknown key(s) {unknown} in config field shapelets; valid keys: "
+                              f"{list(SHAPELET_PARAMS)}")
     fit = {**SHAPELET_PARAMS, **value}
-    for key in ("per_class", "window", "min_len"):
-        if isinstance(fit[key], bool) or not isinstance(fit[key], (int, np.integer)) or fit[key] < (key != "window"):
-            raise DataConfigError(f"shapelets.{key} must be an integer >= {int(key != 'window')}; got {fit[key]!r}")
+    for key, minimum in (("per_class", 1), ("window", 0), ("min_len", 1)):
+        if isinstance(fit[key], bool) or not isinstance(fit[key], (int, np.integer)) or fit[key] < minimum:
+            raise DataConfigError(f"shapelets.{key} must be an integer >= {minimum}; got {fit[key]!r}")
         fit[key] = int(fit[key])
     for key in ("pip_fraction", "max_len_fraction"):
         if isinstance(fit[key], bool) or not isinstance(fit[key], (int, float)) or not 0 < fit[key] <= 1:
