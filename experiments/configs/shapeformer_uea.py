@@ -1,10 +1,13 @@
 r"""ShapeFormer (shared/PAPERS.md row 31) on UEA multivariate classification sets: basic_motions
 (default) or japanese_vowels.
 
-Shapelets are discovered here, when the config is built, from the dataset's `train` split only
-(fintrans.data.shapelets.score_candidates + select: PIP candidates scored by information gain, `per_class` kept per
-class; about 10 s on one CPU core) and stored in config.model (shapelets, shapelet_channels,
-shapelet_starts, shapelet_weights), so a saved config reproduces the model exactly.
+Shapelets are a fitted artefact of the data, not of this file: config.data.shapelets = {"per_class",
+"window"} asks the dataset to discover them on its `train` split when it is loaded (fintrans.data.shapelets:
+PIP candidates scored by information gain, `per_class` kept per class; about 10 s on one CPU core the first
+time), cache them beside the prepared dataset (fintrans.data.fitted; later loads read the cache), and expose
+them as dataset.info['shapelets']. The four model fields (shapelets, shapelet_channels, shapelet_starts,
+shapelet_weights) are left None here and filled from that info by the trainer (the model's DATA_FIELDS), so
+parsing this config never touches the data; the saved config of a run holds the values it trained with.
 
 The datasets' `train` split is 80% of the official TRAIN file (the other 20% is `validation`, what the
 trainer evaluates on); `test` is the official TEST file. Published UEA accuracies train on all of TRAIN.
@@ -21,29 +24,23 @@ Test-split accuracy: python -m experiments.uea_test_accuracy --config=shapeforme
 Arguments: runlocal, dataset (basic_motions | japanese_vowels), per_class (shapelets per class; default 2,
 full run 4), window (search window in steps; default 20 for basic_motions, 5 for japanese_vowels).
 """
-import functools
-
-import numpy as np
+import ml_collections
 
 from experiments.configs.common import parse_arg
 from experiments.configs.t2_uea import uea_shape
-from fintrans import data
-from fintrans.data import shapelets
 from fintrans.train.config import default_config, model_fields
 
 DEFAULT_WINDOW = {"basic_motions": 20, "japanese_vowels": 5}
+# ShapeFormer config fields filled from dataset.info["shapelets"] (fitted on the train split at load time)
+SHAPELET_FIELDS = ("shapelets", "shapelet_channels", "shapelet_starts", "shapelet_weights")
 
 
-@functools.lru_cache(maxsize=None)
-def _scored(dataset: str, window: int) -> shapelets.Candidates:
-    arrays = data.load({"name": dataset}).source("train").arrays
-    series = [x[m] for x, m in zip(arrays["inputs"], arrays["mask"])]
-    return shapelets.score_candidates(series, np.asarray(arrays["label"]), window=window)
-
-
-def discovered(dataset: str, per_class: int, window: int) -> dict:
-    """Shapelet config fields from the train split of `dataset` (candidates scored once per process)."""
-    return shapelets.select(_scored(dataset, window), per_class).as_config()
+def _shapeformer(**fields) -> ml_collections.ConfigDict:
+    """config.model with the shapelet fields left to the data (None placeholders of type tuple)."""
+    model = model_fields("shapeformer", **fields)
+    for name in SHAPELET_FIELDS:
+        model[name] = ml_collections.config_dict.placeholder(tuple)
+    return model
 
 
 def get_config(arg=None):
@@ -51,13 +48,12 @@ def get_config(arg=None):
     max_len, channels, classes = uea_shape(arg.dataset)
     per_class = arg.per_class or (2 if arg.runlocal else 4)
     window = arg.window if arg.window >= 0 else DEFAULT_WINDOW[arg.dataset]
-    found = discovered(arg.dataset, per_class, window)
     c = default_config()
     c.task = "classification"
     c.data.name = arg.dataset
-    c.model = model_fields("shapeformer", max_len=max_len, num_channels=channels, num_classes=classes,
-                           window=window, shape_embed_dim=64, generic_embed_dim=64, num_heads=8, mlp_dim=256,
-                           dropout_rate=0.1, **found)
+    c.data.shapelets = ml_collections.ConfigDict({"per_class": per_class, "window": window})
+    c.model = _shapeformer(max_len=max_len, num_channels=channels, num_classes=classes, window=window,
+                           shape_embed_dim=64, generic_embed_dim=64, num_heads=8, mlp_dim=256, dropout_rate=0.1)
     c.batch_size = 16
     c.eval_batch_size = 64
     c.total_steps = 2000
@@ -67,9 +63,8 @@ def get_config(arg=None):
     c.eval_every = 250
     c.checkpoint_every = 1000
     if arg.runlocal:
-        c.model = model_fields("shapeformer", max_len=max_len, num_channels=channels, num_classes=classes,
-                               window=window, shape_embed_dim=32, generic_embed_dim=32, num_heads=4, mlp_dim=64,
-                               dropout_rate=0.1, **found)
+        c.model = _shapeformer(max_len=max_len, num_channels=channels, num_classes=classes, window=window,
+                               shape_embed_dim=32, generic_embed_dim=32, num_heads=4, mlp_dim=64, dropout_rate=0.1)
         c.total_steps = 300
         c.optimizer.warmup_steps = 30
         c.log_every = 25

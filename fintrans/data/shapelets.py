@@ -18,6 +18,8 @@
 `score_candidates` does the scoring (the expensive part; ~10 s for BasicMotions' 32 training series),
 `select` the choice per class; `discover(series, labels, ...)` = both, and returns a `Shapelets` record of fixed-size arrays (values padded to the
 longest shapelet, with lengths) that ShapeFormer takes as a config field (`Shapelets.as_config()`).
+The UEA datasets run this when loaded with the data config field `shapelets` (fintrans.data.builders.uea:
+fitted on the train split, cached beside the dataset, exposed as info['shapelets']).
 """
 from __future__ import annotations
 

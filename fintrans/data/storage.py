@@ -5,26 +5,36 @@ files and dataset_info.json into `<data_dir>/<name>/incomplete.XXXXXX_<version>/
 folder to `<version>/` only at the end. An exception removes the temporary folder; a hard kill leaves
 it behind (never read; safe to delete), so nothing half-built is ever taken for a prepared dataset.
 The records are serialized tf.Example protos that tfds decodes with its numpy parser. They are read
-here with array_record's own reader, file by file, so that a damaged file is named in the error.
-Two processes must not build into one shared data_dir at once: prepare before a multi-host launch.
+here with array_record's own reader, file by file, so that a damaged file is named in the error:
+`RecordSource` (a grain RandomAccessDataSource) decodes one record per access and holds none, for
+datasets that stream; `read_records` decodes whole splits for readers that need them at once.
+
+Concurrent first use (a sweep, two notebooks, several hosts on a shared data_dir) is safe: the build
+runs under an exclusive `fcntl.flock` on `<data_dir>/.<name>-<version>.build.lock`, and whoever gets
+the lock second finds the dataset prepared and reads it instead of building it again (tfds would
+otherwise fail renaming its `incomplete.*` folder onto the winner's).
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
 from fintrans.data.errors import DatasetCorruptError, DatasetNotPreparedError
+from fintrans.data.fitted import file_lock
 
 ENV_DATA_DIR = "FINTRANS_DATA_DIR"
 DEFAULT_DATA_DIR = "~/.cache/fintrans/tfds"
 SPLITS = ("train", "validation", "test")
 
-_lock = threading.Lock()  # two threads preparing one dataset at once would race on tfds' rename
+_lock = threading.Lock()  # guards the records cache; builds are serialised by a file lock (processes too)
+log = logging.getLogger(__name__)
 _records_cache: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
 
 
@@ -56,19 +66,28 @@ def open_builder(builder_cls, data_dir: Path, *, prepare: bool) -> tfds.core.Dat
     if not prepare and not data_dir.is_dir():
         raise DatasetNotPreparedError(f"data_dir {data_dir} does not exist, so dataset {name!r} is not prepared "
                                       f"there; {_prepare_hint(name, data_dir)}")
-    with _lock:
-        builder = _construct(builder_cls, data_dir)
-        # (checking the file first spares tfds' warning about a missing version folder)
-        if (Path(os.fspath(builder.data_path)) / "dataset_info.json").is_file() and builder.is_prepared():
+    builder = _construct(builder_cls, data_dir)
+    if _is_prepared(builder):
+        return builder
+    if not prepare:
+        raise DatasetNotPreparedError(
+            f"dataset {name!r} (version {builder_cls.VERSION}) is not prepared in data_dir {data_dir} "
+            f"(no {builder.data_path}); {_prepare_hint(name, data_dir)}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = data_dir / f".{name}-{builder_cls.VERSION}.build.lock"
+    with file_lock(lock_path):
+        builder = _construct(builder_cls, data_dir)  # re-check: another process may have built it meanwhile
+        if _is_prepared(builder):
+            log.info("dataset %s was prepared by another process while this one waited", name)
             return builder
-        if not prepare:
-            raise DatasetNotPreparedError(
-                f"dataset {name!r} (version {builder_cls.VERSION}) is not prepared in data_dir {data_dir} "
-                f"(no {builder.data_path}); {_prepare_hint(name, data_dir)}")
-        data_dir.mkdir(parents=True, exist_ok=True)
         tfds.disable_progress_bar()  # the datasets build in seconds; bars only clutter logs
         builder.download_and_prepare(file_format="array_record")
-        return _construct(builder_cls, data_dir)  # re-read the info (split sizes, metadata) from disk
+    return _construct(builder_cls, data_dir)  # re-read the info (split sizes, metadata) from disk
+
+
+def _is_prepared(builder) -> bool:
+    # (checking the file first spares tfds' warning about a missing version folder)
+    return (Path(os.fspath(builder.data_path)) / "dataset_info.json").is_file() and builder.is_prepared()
 
 
 def _fingerprint(builder) -> tuple:
@@ -78,43 +97,141 @@ def _fingerprint(builder) -> tuple:
                                              for f in path.iterdir() if f.is_file()))
 
 
-def _read_file(path: Path, expected: int, features) -> list[dict[str, Any]]:
-    fix = f"delete {path.parent} and prepare the dataset again"
+def _fix(path: Path) -> str:
+    return f"delete {path.parent} and prepare the dataset again"
+
+
+def _open_file(path: Path, expected: int):
+    """An array_record reader of `path` after checking that it holds `expected` records."""
     if not path.is_file():
-        raise DatasetCorruptError(f"record file {path} is missing; {fix}")
+        raise DatasetCorruptError(f"record file {path} is missing; {_fix(path)}")
     try:
-        reader = array_record_module.ArrayRecordReader(os.fspath(path))
-        try:
-            count = reader.num_records()
-            raw = reader.read_all() if count == expected else None
-        finally:
+        # readahead 0: random access reads only the chunk it needs (as grain's ArrayRecordDataSource)
+        reader = array_record_module.ArrayRecordReader(os.fspath(path), options="readahead_buffer_size:0")
+        count = reader.num_records()
+        if count != expected:
             reader.close()
     except RuntimeError as e:  # riegeli: bad footer, chunk hash mismatch, truncated block, ...
-        raise DatasetCorruptError(f"record file {path} is corrupt ({e}); {fix}") from e
-    if raw is None:
-        raise DatasetCorruptError(f"record file {path} holds {count} records, expected {expected}; {fix}")
+        raise DatasetCorruptError(f"record file {path} is corrupt ({e}); {_fix(path)}") from e
+    if count != expected:
+        raise DatasetCorruptError(f"record file {path} holds {count} records, expected {expected}; {_fix(path)}")
+    return reader
+
+
+def _decode(features, raw: bytes, path: Path) -> dict[str, Any]:
     try:
-        return [features.deserialize_example_np(r) for r in raw]
+        return features.deserialize_example_np(raw)
     except Exception as e:
-        raise DatasetCorruptError(f"record file {path} has undecodable records ({e}); {fix}") from e
+        raise DatasetCorruptError(f"record file {path} has undecodable records ({e}); {_fix(path)}") from e
+
+
+def _split_files(builder, split: str) -> list[tuple[Path, int]]:
+    info = builder.info.splits[split]
+    paths = [Path(os.fspath(p)) for p in info.filepaths]
+    if len(paths) != len(info.shard_lengths):
+        raise DatasetCorruptError(f"split {split!r} of {builder.data_path} lists {len(paths)} files for "
+                                  f"{len(info.shard_lengths)} shards; delete {builder.data_path} and prepare "
+                                  f"the dataset again")
+    return list(zip(paths, info.shard_lengths))
+
+
+class RecordSource:
+    """A split's records, decoded one at a time on access: a grain RandomAccessDataSource (len, getitem,
+    getitems).
+
+    Only the files' readers are held (opened and checked on construction); no record is kept, so memory
+    does not grow with the split. `decoded` counts the records decoded so far. Pickling reopens the
+    files, so the source can go to grain's worker processes.
+    """
+
+    def __init__(self, builder, split: str):
+        self.features = builder.info.features
+        self.split = split
+        self._files = _split_files(builder, split)
+        self._ends = np.cumsum([n for _, n in self._files], dtype=np.int64)
+        self.decoded = 0
+        self._open()
+
+    def _open(self) -> None:
+        self._readers = [_open_file(path, n) for path, n in self._files]
+        self._locks = [threading.Lock() for _ in self._files]  # a reader is not shared between threads
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_readers", "_locks")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        n = len(self)
+        index = int(index)
+        if not -n <= index < n:
+            raise IndexError(f"record {index} of split {self.split!r} is out of range [0, {n})")
+        index %= n
+        f = int(np.searchsorted(self._ends, index, side="right"))
+        return f, index - (int(self._ends[f - 1]) if f else 0)
+
+    def _read(self, f: int, positions: list[int]) -> list[dict[str, Any]]:
+        path = self._files[f][0]
+        try:
+            with self._locks[f]:
+                raw = self._readers[f].read(positions)
+                self.decoded += len(positions)
+        except RuntimeError as e:
+            raise DatasetCorruptError(f"record file {path} is corrupt ({e}); {_fix(path)}") from e
+        return [_decode(self.features, r, path) for r in raw]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        f, position = self._locate(index)
+        return self._read(f, [position])[0]
+
+    def __getitems__(self, indices) -> list[dict[str, Any]]:
+        """Records at `indices` (any order), one read call per file."""
+        located = [self._locate(i) for i in indices]
+        out: list[Any] = [None] * len(located)
+        for f in sorted({f for f, _ in located}):
+            here = [k for k, (g, _) in enumerate(located) if g == f]
+            for k, record in zip(here, self._read(f, [located[k][1] for k in here])):
+                out[k] = record
+        return out
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"RecordSource({self.split!r}, {len(self)} records in {len(self._files)} file(s))"
+
+
+def record_sources(builder) -> dict[str, RecordSource]:
+    """Every split as a streaming RecordSource."""
+    return {split: RecordSource(builder, split) for split in SPLITS}
+
+
+def _read_file(path: Path, expected: int, features) -> list[dict[str, Any]]:
+    reader = _open_file(path, expected)
+    try:
+        raw = reader.read_all()
+    except RuntimeError as e:
+        raise DatasetCorruptError(f"record file {path} is corrupt ({e}); {_fix(path)}") from e
+    finally:
+        reader.close()
+    return [_decode(features, r, path) for r in raw]
 
 
 def read_records(builder) -> dict[str, list[dict[str, Any]]]:
-    """Every split's records, decoded to dicts of numpy values, in file order (cached per process)."""
+    """Every split's records, decoded to dicts of numpy values, in file order (cached per process), for
+    the readers that need whole splits (spec.streams False)."""
     key = _fingerprint(builder)
     with _lock:
         if key in _records_cache:
             return _records_cache[key]
-    records: dict[str, list[dict[str, Any]]] = {}
-    for split in SPLITS:
-        info = builder.info.splits[split]
-        paths = [Path(os.fspath(p)) for p in info.filepaths]
-        if len(paths) != len(info.shard_lengths):
-            raise DatasetCorruptError(f"split {split!r} of {builder.data_path} lists {len(paths)} files for "
-                                      f"{len(info.shard_lengths)} shards; delete {builder.data_path} and prepare "
-                                      f"the dataset again")
-        records[split] = [r for p, n in zip(paths, info.shard_lengths)
-                          for r in _read_file(p, n, builder.info.features)]
+    features = builder.info.features
+    records = {split: [r for path, n in _split_files(builder, split) for r in _read_file(path, n, features)]
+               for split in SPLITS}
     with _lock:
         _records_cache[key] = records
     return records

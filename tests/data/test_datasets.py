@@ -7,7 +7,7 @@ import pytest
 
 import fintrans.data as fd
 from fintrans.data import storage
-from fintrans.data.builders import SPECS, chars, finai_sentences, sp500
+from fintrans.data.builders import DATASETS, chars, finai_sentences, sp500
 
 SPLITS = ("train", "validation", "test")
 
@@ -15,7 +15,7 @@ SPLITS = ("train", "validation", "test")
 @pytest.fixture(scope="module")
 def records(data_dir):
     def _records(name):
-        return storage.read_records(storage.open_builder(SPECS[name].builder, data_dir, prepare=False))
+        return storage.read_records(storage.open_builder(DATASETS.get(name).builder, data_dir, prepare=False))
     return _records
 
 
@@ -93,7 +93,7 @@ def test_digits_values_labels_and_stratified_disjoint_splits(load, records):
     assert sum(map(len, index_sets)) == len(set().union(*index_sets)) == 1797
     for split in SPLITS:
         src = ds.source(split)
-        x, y = src.arrays["inputs"], src.arrays["label"]
+        x, y = (lambda a: (a["inputs"], a["label"]))(src.take(np.arange(len(src))))
         assert x.min() == 0.0 and x.max() == 1.0
         counts = np.bincount(y, minlength=10)
         # stratified: every class in every split, in proportion (each class holds 174..183 images)
@@ -184,7 +184,7 @@ def test_finai_inputs_mask_and_decode(load, records):
     ds = load("finai_sentences")
     src = ds.source("validation")
     recs = records("finai_sentences")["validation"]
-    x, mask = src.arrays["inputs"], src.arrays["mask"]
+    x, mask = (lambda a: (a["inputs"], a["mask"]))(src.take(np.arange(len(src))))
     assert np.all(x[:, 0] == 1) and np.array_equal(mask, x != 0)
     assert not np.any(x == ds.info["unk_id"])  # the vocab covers every generated word
     for i in range(0, len(recs), 7):
@@ -195,6 +195,6 @@ def test_finai_inputs_mask_and_decode(load, records):
 
 def test_finai_truncation_keeps_cls_first_and_sep_last(load):
     ds = load("finai_sentences", max_len=8)
-    x = ds.source("train").arrays["inputs"]
+    x = ds.source("train").take(np.arange(ds.info["num_examples"]["train"]))["inputs"]
     assert x.shape[1] == 8 and np.all(x[:, 0] == 1) and np.all(x[:, -1] == 2)
     assert ds.info["num_truncated"]["train"] == 2400

@@ -5,7 +5,8 @@ import pytest
 
 import fintrans.data as fd
 from fintrans.data import feature_selection, storage
-from fintrans.data.builders import SPECS, seattle_weather, sp500, stocks, uea
+from fintrans.data.fitted import FittedCache
+from fintrans.data.builders import DATASETS, seattle_weather, sp500, stocks, uea
 
 SPLITS = ("train", "validation", "test")
 SERIES = {"stocks": stocks, "seattle_weather": seattle_weather}
@@ -13,7 +14,7 @@ INPUT_LEN, HORIZON = 48, 12  # tests/data/conftest.py SMALL_CONFIGS
 
 
 def _records(data_dir, name):
-    return storage.read_records(storage.open_builder(SPECS[name].builder, data_dir, prepare=False))
+    return storage.read_records(storage.open_builder(DATASETS.get(name).builder, data_dir, prepare=False))
 
 
 def _series(ds, split):
@@ -58,7 +59,7 @@ def test_standardised_with_train_statistics_only(load, data_dir, name):
     mean, std = raw[:n_train].mean(0), raw[:n_train].std(0)  # recomputed here from the train days only
     np.testing.assert_allclose(ds.info["mean"], mean, rtol=1e-6)
     np.testing.assert_allclose(ds.info["std"], std, rtol=1e-6)
-    builder = storage.open_builder(SPECS[name].builder, data_dir, prepare=False)  # metadata: de-normalise unloaded
+    builder = storage.open_builder(DATASETS.get(name).builder, data_dir, prepare=False)  # metadata: de-normalise unloaded
     np.testing.assert_allclose(builder.info.metadata["train_mean"], mean, rtol=1e-12)
     np.testing.assert_allclose(builder.info.metadata["train_std"], std, rtol=1e-12)
     inputs, targets = _series(ds, "train")
@@ -76,15 +77,15 @@ def test_standardised_with_train_statistics_only(load, data_dir, name):
 def test_statistics_and_selection_ignore_later_splits(load, data_dir, name):
     """Changing every validation/test value changes neither the statistics nor the chosen channels."""
     records = _records(data_dir, name)
-    metadata = dict(storage.open_builder(SPECS[name].builder, data_dir, prepare=False).info.metadata)
+    metadata = dict(storage.open_builder(DATASETS.get(name).builder, data_dir, prepare=False).info.metadata)
     fields = {"input_len": INPUT_LEN, "horizon": HORIZON}
     if name == "stocks":
         fields.update(target=0, min_corr_pct=60)
-    base = SPECS[name].read(records, fields, metadata)
+    base = DATASETS.get(name).read(records, fields, metadata, FittedCache(None))
     rng = np.random.default_rng(0)
     changed = {s: recs if s == "train" else [{**r, "values": r["values"] * rng.uniform(0.2, 5.0, r["values"].shape)}
                                              for r in recs] for s, recs in records.items()}
-    other = SPECS[name].read(changed, fields, metadata)
+    other = DATASETS.get(name).read(changed, fields, metadata, FittedCache(None))
     for key in ("mean", "std", "channels"):
         np.testing.assert_array_equal(other.info[key], base.info[key])
     assert not np.allclose(other.sources["test"].take(np.arange(5))["targets"],
@@ -188,7 +189,7 @@ def test_uea_shapes_labels_and_splits(load, data_dir, name, classes, channels, m
     assert tuple(ds.info["num_examples"][s] for s in SPLITS) == sizes
     assert (ds.info["num_classes"], ds.info["num_channels"], ds.info["max_len"]) == (classes, channels, max_len)
     records = _records(data_dir, name)
-    train_file = uea.load_official(SPECS[name].builder.PROBLEM, "TRAIN")
+    train_file = uea.load_official(DATASETS.get(name).builder.PROBLEM, "TRAIN")
     for split in SPLITS:
         src = ds.source(split)
         batch = src.take(np.arange(len(src)))

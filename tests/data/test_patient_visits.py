@@ -2,7 +2,7 @@
 import numpy as np
 
 from fintrans.data import storage
-from fintrans.data.builders import SPECS
+from fintrans.data.builders import DATASETS
 from fintrans.data.builders import patient_visits as pv
 
 
@@ -17,7 +17,7 @@ def test_generation_is_deterministic_given_the_seed():
 
 
 def test_records_match_the_generator_and_are_well_formed(data_dir):
-    recs = storage.read_records(storage.open_builder(SPECS["patient_visits"].builder, data_dir, prepare=False))
+    recs = storage.read_records(storage.open_builder(DATASETS.get("patient_visits").builder, data_dir, prepare=False))
     assert {s: len(r) for s, r in recs.items()} == pv.SPLIT_SIZES
     for split in recs:
         by_index = {int(r["index"]): r for r in recs[split]}  # file order is tfds' (hashed) order

@@ -4,13 +4,13 @@ import pytest
 
 import fintrans.data as fd
 from fintrans.data import storage
-from fintrans.data.builders import SPECS
+from fintrans.data.builders import DATASETS
 from fintrans.data.builders import synthetic_scenes as ss
 
 
 @pytest.fixture(scope="module")
 def scene_records(data_dir):
-    return storage.read_records(storage.open_builder(SPECS["synthetic_scenes"].builder, data_dir, prepare=False))
+    return storage.read_records(storage.open_builder(DATASETS.get("synthetic_scenes").builder, data_dir, prepare=False))
 
 
 @pytest.fixture(scope="module")

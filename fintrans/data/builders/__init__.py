@@ -1,7 +1,16 @@
-"""One module per dataset: its tfds builder and the reader from its records to pipeline sources."""
-from fintrans.data.builders import (chars, digits, finai_sentences, patient_visits, seattle_weather, sp500, stocks,
-                                    synthetic_scenes, uea)
+"""One module per dataset: its tfds builder and the reader from its records to pipeline sources.
 
-SPECS = {spec.name: spec for spec in (
-    chars.SPEC, digits.SPEC, sp500.SPEC, finai_sentences.SPEC, synthetic_scenes.SPEC, stocks.SPEC,
-    seattle_weather.SPEC, uea.BASIC_MOTIONS, uea.JAPANESE_VOWELS, patient_visits.SPEC)}
+Each module registers its DatasetSpec in DATASETS (fintrans.registry's style); the modules are imported
+on the first lookup.
+"""
+from fintrans.data.errors import DataConfigError
+from fintrans.registry import Registry
+
+DATASETS = Registry("dataset", load=tuple(f"fintrans.data.builders.{m}" for m in (
+    "chars", "digits", "sp500", "finai_sentences", "synthetic_scenes", "stocks", "seattle_weather", "uea",
+    "patient_visits")), error=DataConfigError)
+
+
+def register(spec):
+    """Registers a DatasetSpec under its name; returns it."""
+    return DATASETS.register(spec.name, spec)

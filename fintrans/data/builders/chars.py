@@ -17,8 +17,10 @@ import tensorflow_datasets as tfds
 
 from fintrans.data import tokenizers
 from fintrans.data.errors import DataConfigError, DatasetCorruptError
+from fintrans.data.builders import register
 from fintrans.data.builders.base import OfflineBuilder
 from fintrans.data.sources import WindowSource
+from fintrans.data.fitted import FittedCache
 from fintrans.data.spec import DatasetSpec, Loaded
 
 # Fixed and sorted; present as plain modules (not packages) in CPython 3.9-3.13. ~1.8 MB on 3.11.
@@ -88,7 +90,8 @@ def _shifted_pair(windows: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
-         metadata: Mapping[str, Any]) -> Loaded:
+         metadata: Mapping[str, Any], fitted: FittedCache) -> Loaded:
+    del fitted  # nothing fitted
     seq_len = fields["seq_len"]
     sources, num_tokens = {}, {}
     for split, recs in records.items():
@@ -108,5 +111,5 @@ def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
     return Loaded(sources=sources, info=info, decode=tokenizers.ascii_decode)
 
 
-SPEC = DatasetSpec(name="chars", builder=Chars,
-                   fields={"seq_len": (1, "tokens per window (inputs and targets each)")}, read=read)
+SPEC = register(DatasetSpec(name="chars", builder=Chars,
+                   fields={"seq_len": (1, "tokens per window (inputs and targets each)")}, read=read))

@@ -1,7 +1,9 @@
 """`digits`: scikit-learn's 1,797 8x8 handwritten digits (shipped in the wheel), split 70/15/15.
 
 The split is stratified by label (15% of each class to validation, 15% to test) with a fixed seed.
-Records keep the raw 0..16 pixel counts; the reader scales them to [0, 1].
+Records keep the raw 0..16 pixel counts; the reader scales them to [0, 1], one record at a time as the
+pipeline reads it (the dataset streams). Training augmentation of the train split (config fields
+`augment`, `crop_padding`, `pad_mode`; fintrans.data.augment) is off by default.
 """
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fintrans.data import augment
+from fintrans.data.builders import register
 from fintrans.data.builders.base import OfflineBuilder, packaged_file
-from fintrans.data.sources import ArraySource
+from fintrans.data.sources import MappedSource
+from fintrans.data.fitted import FittedCache
 from fintrans.data.spec import DatasetSpec, Loaded
 
 SPLIT_SEED = 0
@@ -66,17 +71,18 @@ class Digits(OfflineBuilder, skip_registration=True):
             yield int(i), {"image": images[i][..., None], "label": int(labels[i]), "index": int(i)}
 
 
-def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
-         metadata: Mapping[str, Any]) -> Loaded:
-    del fields, metadata
-    sources = {}
-    for split, recs in records.items():
-        images = np.stack([r["image"] for r in recs]) if recs else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)
-        sources[split] = ArraySource({
-            "inputs": images.astype(np.float32) / MAX_PIXEL,
-            "label": np.asarray([r["label"] for r in recs], dtype=np.int32),
-        })
+def example(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """One stored record -> {'inputs': float32 [8, 8, 1] in [0, 1], 'label': int32}."""
+    return {"inputs": np.asarray(record["image"]).astype(np.float32) / MAX_PIXEL,
+            "label": np.int32(record["label"])}
+
+
+def read(records: Mapping[str, Any], fields: Mapping[str, Any], metadata: Mapping[str, Any],
+         fitted: FittedCache) -> Loaded:
+    del fields, metadata, fitted
+    sources = {split: MappedSource(recs, example) for split, recs in records.items()}
     return Loaded(sources=sources, info={"num_classes": NUM_CLASSES, "image_size": IMAGE_SIZE, "channels": 1})
 
 
-SPEC = DatasetSpec(name="digits", builder=Digits, fields={}, read=read)
+SPEC = register(DatasetSpec(name="digits", builder=Digits, fields=augment.IMAGE_FIELDS, read=read, streams=True,
+                            augmentation=augment.image_augmentation))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import random
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -18,8 +18,10 @@ import tensorflow_datasets as tfds
 from fintrans.data import tokenizers
 from fintrans.data.builders import finai_templates
 from fintrans.data.errors import DatasetCorruptError
+from fintrans.data.builders import register
 from fintrans.data.builders.base import OfflineBuilder
-from fintrans.data.sources import ArraySource
+from fintrans.data.sources import MappedSource
+from fintrans.data.fitted import FittedCache
 from fintrans.data.spec import DatasetSpec, Loaded
 
 SEED = 0
@@ -90,28 +92,36 @@ def pad_tokens(tokens: np.ndarray, max_len: int) -> np.ndarray:
     return out
 
 
+def fit_token_stats(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict:
+    """Per split: every sentence's length with [CLS] and [SEP] (sorted), and the count of each kind."""
+    stats: dict[str, dict] = {"lengths": {}, "kind_counts": {}}
+    for split, recs in records.items():
+        lengths, kinds = [], np.zeros(len(finai_templates.KINDS), np.int64)
+        for r in recs:
+            lengths.append(len(r["tokens"]) + 2)
+            kinds[int(r["kind"])] += 1
+        stats["lengths"][split] = sorted(lengths)
+        stats["kind_counts"][split] = {k: int(kinds[i]) for i, k in enumerate(finai_templates.KINDS)}
+    return stats
+
+
 def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
-         metadata: Mapping[str, Any]) -> Loaded:
+         metadata: Mapping[str, Any], fitted: FittedCache) -> Loaded:
     max_len = fields["max_len"]
     if "vocab" not in metadata:
         raise DatasetCorruptError("finai_sentences has no vocab in its metadata.json; delete the prepared dataset "
                                   "and prepare it again")
     tokenizer = tokenizers.WordTokenizer(metadata["vocab"])
-    sources, longest, truncated, kind_counts = {}, 0, {}, {}
-    for split, recs in records.items():
-        inputs = np.zeros((len(recs), max_len), np.int32)
-        for i, r in enumerate(recs):
-            inputs[i] = pad_tokens(r["tokens"], max_len)
-        lengths = np.asarray([len(r["tokens"]) + 2 for r in recs], dtype=np.int64)
-        longest = max(longest, int(lengths.max(initial=0)))
-        truncated[split] = int((lengths > max_len).sum())
-        kinds = np.asarray([r["kind"] for r in recs], dtype=np.int64)
-        kind_counts[split] = {k: int((kinds == i).sum()) for i, k in enumerate(finai_templates.KINDS)}
-        sources[split] = ArraySource({
-            "inputs": inputs,
-            "mask": inputs != tokenizers.PAD_ID,
-            "label": np.asarray([r["label"] for r in recs], dtype=np.int32),
-        })
+
+    def example(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        inputs = pad_tokens(record["tokens"], max_len)
+        return {"inputs": inputs, "mask": inputs != tokenizers.PAD_ID, "label": np.int32(record["label"])}
+
+    sources = {split: MappedSource(recs, example) for split, recs in records.items()}
+    stats = fitted.get("token_stats", {}, lambda: fit_token_stats(records))
+    longest = max(max(lengths, default=0) for lengths in stats["lengths"].values())
+    truncated = {split: sum(n > max_len for n in lengths) for split, lengths in stats["lengths"].items()}
+    kind_counts = stats["kind_counts"]
     info = {"vocab_size": tokenizer.vocab_size, "num_classes": 2, "max_len": max_len,
             "label_names": list(finai_templates.LABEL_NAMES), "pad_id": tokenizers.PAD_ID,
             "cls_id": tokenizers.CLS_ID, "sep_id": tokenizers.SEP_ID, "unk_id": tokenizers.UNK_ID,
@@ -119,5 +129,6 @@ def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
     return Loaded(sources=sources, info=info, decode=tokenizer.decode)
 
 
-SPEC = DatasetSpec(name="finai_sentences", builder=FinaiSentences,
-                   fields={"max_len": (2, "tokens per sentence, [CLS] and [SEP] included")}, read=read)
+SPEC = register(DatasetSpec(name="finai_sentences", builder=FinaiSentences,
+                   fields={"max_len": (2, "tokens per sentence, [CLS] and [SEP] included")}, read=read,
+                            streams=True))

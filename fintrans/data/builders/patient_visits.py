@@ -31,8 +31,10 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fintrans.data.builders import register
 from fintrans.data.builders.base import OfflineBuilder
-from fintrans.data.sources import ArraySource
+from fintrans.data.sources import MappedSource
+from fintrans.data.fitted import FittedCache
 from fintrans.data.spec import DatasetSpec, Loaded
 
 SEED = 11
@@ -135,20 +137,19 @@ def gsp_targets(inputs: np.ndarray) -> np.ndarray:
 
 
 def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
-         metadata: Mapping[str, Any]) -> Loaded:
-    del metadata
+         metadata: Mapping[str, Any], fitted: FittedCache) -> Loaded:
+    del metadata, fitted  # nothing fitted
     gsp = fields["gsp"]
     if gsp not in (0, 1):
         raise ValueError(f"patient_visits: gsp={gsp} must be 0 (labels) or 1 (GSP next-visit targets)")
-    sources = {}
-    for split, recs in records.items():
-        inputs = (np.stack([visit_features(r) for r in recs]) if recs
-                  else np.zeros((0, HISTORY_LEN, NUM_FEATURES), np.float32))
+
+    def example(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        inputs = visit_features(record)
         if gsp:
-            sources[split] = ArraySource({"inputs": inputs, "targets": gsp_targets(inputs)})
-        else:
-            sources[split] = ArraySource({"inputs": inputs,
-                                          "label": np.asarray([r["label"] for r in recs], np.int32)})
+            return {"inputs": inputs, "targets": gsp_targets(inputs)}
+        return {"inputs": inputs, "label": np.int32(record["label"])}
+
+    sources = {split: MappedSource(recs, example) for split, recs in records.items()}
     info = {"num_classes": NUM_CLASSES, "history_len": HISTORY_LEN, "num_features": NUM_FEATURES, "gsp": gsp,
             "channels": FEATURE_NAMES}
     if gsp:  # what the forecasting sampler reads: the features are shown as they are (no normalisation)
@@ -156,7 +157,7 @@ def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
     return Loaded(sources=sources, info=info)
 
 
-SPEC = DatasetSpec(name="patient_visits", builder=PatientVisits,
+SPEC = register(DatasetSpec(name="patient_visits", builder=PatientVisits,
                    fields={"gsp": (0, "1: targets are the next visit's features (Generative Summary "
                                       "Pretraining); 0: the future-utilisation label (fine-tuning)")},
-                   read=read)
+                   read=read, streams=True))

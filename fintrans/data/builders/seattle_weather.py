@@ -19,8 +19,10 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fintrans.data.builders import register
 from fintrans.data.builders.base import packaged_file
 from fintrans.data.builders.series import SeriesBuilder, read_windows
+from fintrans.data.fitted import FittedCache
 from fintrans.data.spec import DatasetSpec, Loaded
 
 CHANNELS = ("precipitation", "temp_max", "temp_min", "wind")
@@ -49,12 +51,13 @@ class SeattleWeather(SeriesBuilder, skip_registration=True):
 
 
 def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
-         metadata: Mapping[str, Any]) -> Loaded:
+         metadata: Mapping[str, Any], fitted: FittedCache) -> Loaded:
+    del fitted  # nothing fitted
     return read_windows("seattle_weather", records, input_len=fields["input_len"], horizon=fields["horizon"],
                         channels=CHANNELS, metadata=metadata)
 
 
-SPEC = DatasetSpec(name="seattle_weather", builder=SeattleWeather,
+SPEC = register(DatasetSpec(name="seattle_weather", builder=SeattleWeather,
                    fields={"input_len": (1, "days of history per window"),
                            "horizon": (1, "days to forecast per window")},
-                   read=read)
+                   read=read))

@@ -18,8 +18,10 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fintrans.data.builders import register
 from fintrans.data.builders.base import packaged_file
 from fintrans.data.builders.series import SeriesBuilder, read_windows
+from fintrans.data.fitted import FittedCache
 from fintrans.data.spec import DatasetSpec, Loaded
 
 CHANNELS = ("open", "high", "low", "close", "adj_close", "log_volume")
@@ -51,12 +53,13 @@ class Sp500(SeriesBuilder, skip_registration=True):
 
 
 def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
-         metadata: Mapping[str, Any]) -> Loaded:
+         metadata: Mapping[str, Any], fitted: FittedCache) -> Loaded:
+    del fitted  # nothing fitted
     return read_windows("sp500", records, input_len=fields["input_len"], horizon=fields["horizon"],
                         channels=CHANNELS, metadata=metadata)
 
 
-SPEC = DatasetSpec(name="sp500", builder=Sp500,
+SPEC = register(DatasetSpec(name="sp500", builder=Sp500,
                    fields={"input_len": (1, "days of history per window"),
                            "horizon": (1, "days to forecast per window")},
-                   read=read)
+                   read=read))

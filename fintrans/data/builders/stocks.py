@@ -29,9 +29,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fintrans.data import feature_selection
+from fintrans.data.builders import register
 from fintrans.data.builders.base import packaged_file
 from fintrans.data.builders.series import SeriesBuilder, read_windows
 from fintrans.data.errors import DataConfigError
+from fintrans.data.fitted import FittedCache
 from fintrans.data.spec import DatasetSpec, Loaded
 
 TICKERS = ("AAPL", "GOOG", "IBM", "MSFT")
@@ -91,21 +93,27 @@ class Stocks(SeriesBuilder, skip_registration=True):
 
 
 def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
-         metadata: Mapping[str, Any]) -> Loaded:
+         metadata: Mapping[str, Any], fitted: FittedCache) -> Loaded:
     target, pct = fields["target"], fields["min_corr_pct"]
     _check_selection(target, pct)
-    train = np.stack([r["values"] for r in records["train"]])
-    sel = selection(target, pct, train)
+
+    def fit() -> dict:
+        sel = selection(target, pct, np.stack([r["values"] for r in records["train"]]))
+        return {"indices": list(sel.indices), "correlations": sel.correlations.tolist()}
+
+    # a fitted artefact (cached beside the dataset) like the shapelets, though cheap to recompute
+    sel = fitted.get("correlation_selection", {"target": target, "min_corr_pct": pct, "on": "prices"}, fit)
+    indices, correlations = tuple(sel["indices"]), np.asarray(sel["correlations"])
     return read_windows("stocks", records, input_len=fields["input_len"], horizon=fields["horizon"],
-                        channels=CHANNELS, metadata=metadata, select=sel.indices,
-                        extra_info={"target": CHANNELS[target], "target_position": sel.target_position,
-                                    "correlations": dict(zip(CHANNELS, sel.correlations.round(4).tolist()))})
+                        channels=CHANNELS, metadata=metadata, select=indices,
+                        extra_info={"target": CHANNELS[target], "target_position": indices.index(target),
+                                    "correlations": dict(zip(CHANNELS, correlations.round(4).tolist()))})
 
 
-SPEC = DatasetSpec(name="stocks", builder=Stocks,
+SPEC = register(DatasetSpec(name="stocks", builder=Stocks,
                    fields={"input_len": (1, "days of history per window"),
                            "horizon": (1, "days to forecast per window"),
                            "target": (0, f"index of the target stock in {list(CHANNELS)}"),
                            "min_corr_pct": (0, "keep channels whose |train-split price correlation| with the "
                                                "target is >= this percentage (0: all)")},
-                   read=read)
+                   read=read))

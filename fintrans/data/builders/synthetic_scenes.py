@@ -28,13 +28,17 @@ Batches: {'points': float32[B, max_points, 6], 'coords': int32[B, max_points, 2]
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fintrans.data.builders import register
 from fintrans.data.builders.base import OfflineBuilder
+from fintrans.data.fitted import FittedCache
+from fintrans.data.sources import MappedSource
 from fintrans.data.spec import DatasetSpec, Loaded
 
 CLASSES = ("ground", "box", "cylinder", "sphere", "wall")
@@ -258,66 +262,35 @@ class SyntheticScenes(OfflineBuilder, skip_registration=True):
                       "coords": s["coords"].astype(np.int16), "label": s["label"].astype(np.uint8), "index": i}
 
 
-class SceneSource:
-    """Scene i = its points padded to max_points: {'points', 'coords', 'label', 'mask'}."""
+def read(records: Mapping[str, Sequence[Mapping[str, Any]]], fields: Mapping[str, int],
+         metadata: Mapping[str, Any], fitted: FittedCache) -> Loaded:
+    del metadata, fitted  # nothing fitted
+    max_points = fields["max_points"]
 
-    def __init__(self, features: list[np.ndarray], coords: list[np.ndarray], labels: list[np.ndarray],
-                 max_points: int):
-        self.max_points = max_points
-        self.counts = np.asarray([len(f) for f in features], np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
-        cat = lambda xs, shape, dtype: np.concatenate(xs).astype(dtype) if xs else np.zeros(shape, dtype)
-        self.features = cat(features, (0, len(PER_POINT_FEATURES)), np.float32)
-        self.coords = cat(coords, (0, 2), np.int32)
-        self.labels = cat(labels, (0,), np.int32)
-
-    def __len__(self) -> int:
-        return len(self.counts)
-
-    def take(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        indices = np.asarray(indices, np.int64)
-        b, m = len(indices), self.max_points
-        counts = self.counts[indices]
-        mask = np.arange(m)[None, :] < counts[:, None]  # [b, m]
-        src = (self.offsets[indices][:, None] + np.arange(m)[None, :])[mask]
-        out = {"points": np.zeros((b, m, self.features.shape[1]), np.float32),
-               "coords": np.zeros((b, m, 2), np.int32), "label": np.zeros((b, m), np.int32), "mask": mask}
-        out["points"][mask] = self.features[src]
-        out["coords"][mask] = self.coords[src]
-        out["label"][mask] = self.labels[src]
+    def scene(split: str, r: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Scene r's points padded to max_points: {'points', 'coords', 'label', 'mask'}."""
+        xyz = r["xyz_mm"].astype(np.float64) / 1000.0
+        c = r["coords"].astype(np.int64)
+        f = point_features(xyz, r["intensity"].astype(np.float64) / 255.0, c)
+        label = r["label"]
+        if len(f) > max_points:  # a fixed uniform subset per scene (see the module docstring)
+            keep = np.sort(np.random.default_rng([SEED, SPLIT_IDS[split], int(r["index"]), max_points])
+                           .choice(len(f), max_points, replace=False))
+            f, c, label = f[keep], c[keep], label[keep]
+        n = len(f)
+        out = {"points": np.zeros((max_points, f.shape[1]), np.float32), "coords": np.zeros((max_points, 2), np.int32),
+               "label": np.zeros((max_points,), np.int32), "mask": np.arange(max_points) < n}
+        out["points"][:n], out["coords"][:n], out["label"][:n] = f, c, label
         return out
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return {k: v[0] for k, v in self.take(np.asarray([index])).items()}
-
-
-def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
-         metadata: Mapping[str, Any]) -> Loaded:
-    del metadata
-    max_points = fields["max_points"]
-    sources = {}
-    for split, recs in records.items():
-        feats, coords, labels = [], [], []
-        for r in recs:
-            xyz = r["xyz_mm"].astype(np.float64) / 1000.0
-            c = r["coords"].astype(np.int64)
-            f = point_features(xyz, r["intensity"].astype(np.float64) / 255.0, c)
-            label = r["label"]
-            if len(f) > max_points:  # a fixed uniform subset per scene (see the module docstring)
-                keep = np.sort(np.random.default_rng([SEED, SPLIT_IDS[split], int(r["index"]), max_points])
-                               .choice(len(f), max_points, replace=False))
-                f, c, label = f[keep], c[keep], label[keep]
-            feats.append(f)
-            coords.append(c)
-            labels.append(label)
-        sources[split] = SceneSource(feats, coords, labels, max_points)
+    sources = {split: MappedSource(recs, functools.partial(scene, split)) for split, recs in records.items()}
     info = {"num_classes": len(CLASSES), "classes": list(CLASSES), "in_features": len(PER_POINT_FEATURES),
             "features": list(PER_POINT_FEATURES), "grid_shape": GRID_SHAPE, "voxel_size": VOXEL_SIZE,
             "max_points": max_points}
     return Loaded(sources=sources, info=info)
 
 
-SPEC = DatasetSpec(name="synthetic_scenes", builder=SyntheticScenes,
+SPEC = register(DatasetSpec(name="synthetic_scenes", builder=SyntheticScenes,
                    fields={"max_points": (1, f"points per scene after padding ({MAX_POINTS} keeps every point; "
                                               "fewer subsamples each scene)")},
-                   read=read)
+                   read=read, streams=True))

@@ -14,20 +14,30 @@ Values are kept as in the archive (no normalisation; info['mean'] / info['std'] 
 per-channel statistics over valid steps for models that want them). Every series is zero-padded at the end
 to the set's longest length (max over both official files: 100 and 29), and 'mask' marks the real steps:
   {'inputs': float32[B, max_len, channels], 'mask': bool[B, max_len], 'label': int32[B]}
+Examples are padded one record at a time as the pipeline reads them (the datasets stream); the train
+statistics are a fitted artefact (fintrans.data.fitted), computed once and cached beside the dataset.
+
+Config field `shapelets` (default None): a dict such as {"per_class": 2, "window": 20} discovers ShapeFormer's
+shapelets on the train split (fintrans.data.shapelets; ~10 s for basic_motions) the first time the dataset
+is loaded with it, caches them beside the dataset, and exposes them as info['shapelets'], the ShapeFormer
+config fields {shapelets, shapelet_channels, shapelet_starts, shapelet_weights} (tuples).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fintrans.data.builders import register
 from fintrans.data.builders.base import OfflineBuilder, packaged_file
-from fintrans.data.errors import DatasetCorruptError
-from fintrans.data.sources import ArraySource
-from fintrans.data.spec import DatasetSpec, Loaded
+from fintrans.data import shapelets
+from fintrans.data.errors import DataConfigError, DatasetCorruptError
+from fintrans.data.sources import MappedSource
+from fintrans.data.fitted import FittedCache
+from fintrans.data.spec import DatasetSpec, Field, Loaded
 
 SPLIT_SEED = 0
 VALIDATION_FRACTION = 0.2
@@ -157,31 +167,86 @@ class JapaneseVowels(_UeaBuilder, skip_registration=True):
                    "frames. Official TEST split; official TRAIN split 80/20 into train/validation, stratified, seed 0.")
 
 
-def read(records: Mapping[str, list[dict[str, Any]]], fields: Mapping[str, int],
-         metadata: Mapping[str, Any]) -> Loaded:
-    del fields
-    max_len, channels = int(metadata["max_len"]), int(metadata["num_channels"])
-    sources = {}
-    for split, recs in records.items():
-        inputs = np.zeros((len(recs), max_len, channels), np.float32)
-        mask = np.zeros((len(recs), max_len), bool)
-        for n, r in enumerate(recs):
-            series = np.asarray(r["series"])
-            if series.ndim != 2 or series.shape[1] != channels or not 1 <= len(series) <= max_len:
-                raise DatasetCorruptError(f"{metadata.get('problem')}: record {n} of split {split!r} has shape "
-                                          f"{series.shape}, expected [1..{max_len}, {channels}]; delete the "
-                                          f"prepared dataset and prepare it again")
-            inputs[n, :len(series)] = series
-            mask[n, :len(series)] = True
-        sources[split] = ArraySource({"inputs": inputs, "mask": mask,
-                                      "label": np.asarray([r["label"] for r in recs], np.int32)})
-    train = sources["train"].arrays
-    valid_steps = train["inputs"][train["mask"]].astype(np.float64)  # [steps, channels]
-    info = {"problem": metadata.get("problem"), "num_classes": len(metadata["class_names"]),
+SHAPELET_PARAMS = {"per_class": 2, "window": 20, "pip_fraction": 0.2, "min_len": 3, "max_len_fraction": 0.5}
+
+
+def check_shapelet_fit(value: Any) -> dict | None:
+    """The `shapelets` config field: None (no shapelets) or a dict of SHAPELET_PARAMS keys (others default)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise DataConfigError(f"config field shapelets must be None or a dict with keys {list(SHAPELET_PARAMS)}; "
+                              f"got {value!r}")
+    unknown = sorted(set(value) - set(SHAPELET_PARAMS))
+    if unknown:
+        raise DataConfigError(f"unknown key(s) {unknown} in config field shapelets; valid keys: "
+                              f"{list(SHAPELET_PARAMS)}")
+    fit = {**SHAPELET_PARAMS, **value}
+    for key, minimum in (("per_class", 1), ("window", 0), ("min_len", 1)):
+        if isinstance(fit[key], bool) or not isinstance(fit[key], (int, np.integer)) or fit[key] < minimum:
+            raise DataConfigError(f"shapelets.{key} must be an integer >= {minimum}; got {fit[key]!r}")
+        fit[key] = int(fit[key])
+    for key in ("pip_fraction", "max_len_fraction"):
+        if isinstance(fit[key], bool) or not isinstance(fit[key], (int, float)) or not 0 < fit[key] <= 1:
+            raise DataConfigError(f"shapelets.{key} must be a number in (0, 1]; got {fit[key]!r}")
+        fit[key] = float(fit[key])
+    return fit
+
+
+def _valid_series(record: Mapping[str, Any], max_len: int, channels: int, problem: str) -> np.ndarray:
+    series = np.asarray(record["series"])
+    if series.ndim != 2 or series.shape[1] != channels or not 1 <= len(series) <= max_len:
+        raise DatasetCorruptError(f"{problem}: record {int(record['index'])} has shape {series.shape}, expected "
+                                  f"[1..{max_len}, {channels}]; delete the prepared dataset and prepare it again")
+    return series
+
+
+def fit_train_stats(train: Sequence[Mapping[str, Any]]) -> dict:
+    """Per-channel mean and std (float64) of the train split's valid steps."""
+    steps = np.concatenate([np.asarray(r["series"], np.float64) for r in train])  # [steps, channels]
+    return {"mean": steps.mean(0).tolist(), "std": steps.std(0).tolist()}
+
+
+def fit_shapelets(train: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> dict:
+    """ShapeFormer config fields (shapelets.Shapelets.as_config) discovered on the train split."""
+    per_class = params["per_class"]
+    scored = shapelets.score_candidates([np.asarray(r["series"]) for r in train],
+                                        np.asarray([r["label"] for r in train]),
+                                        **{k: v for k, v in params.items() if k != "per_class"})
+    return shapelets.select(scored, per_class).as_config()
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def read(records: Mapping[str, Sequence[Mapping[str, Any]]], fields: Mapping[str, Any],
+         metadata: Mapping[str, Any], fitted: FittedCache) -> Loaded:
+    max_len, channels, problem = int(metadata["max_len"]), int(metadata["num_channels"]), metadata.get("problem")
+
+    def example(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        series = _valid_series(record, max_len, channels, problem)
+        inputs = np.zeros((max_len, channels), np.float32)
+        inputs[:len(series)] = series
+        return {"inputs": inputs, "mask": np.arange(max_len) < len(series), "label": np.int32(record["label"])}
+
+    sources = {split: MappedSource(recs, example) for split, recs in records.items()}
+    stats = fitted.get("train_stats", {}, lambda: fit_train_stats(records["train"]))
+    info = {"problem": problem, "num_classes": len(metadata["class_names"]),
             "class_names": list(metadata["class_names"]), "num_channels": channels, "max_len": max_len,
-            "mean": valid_steps.mean(0).astype(np.float32), "std": valid_steps.std(0).astype(np.float32)}
+            "mean": np.asarray(stats["mean"]).astype(np.float32), "std": np.asarray(stats["std"]).astype(np.float32)}
+    if fields.get("shapelets") is not None:
+        params = fields["shapelets"]
+        found = fitted.get("shapelets", params, lambda: fit_shapelets(records["train"], params))
+        info["shapelets"] = {k: _as_tuples(v) for k, v in found.items()}
     return Loaded(sources=sources, info=info)
 
 
-BASIC_MOTIONS = DatasetSpec(name="basic_motions", builder=BasicMotions, fields={}, read=read)
-JAPANESE_VOWELS = DatasetSpec(name="japanese_vowels", builder=JapaneseVowels, fields={}, read=read)
+UEA_FIELDS = {"shapelets": Field(
+    f"ShapeFormer shapelets fitted on the train split and cached beside the dataset (info['shapelets']): None, "
+    f"or a dict of {SHAPELET_PARAMS} (defaults shown; fintrans.data.shapelets)", kind=dict, default=None,
+    check=check_shapelet_fit)}
+BASIC_MOTIONS = register(DatasetSpec(name="basic_motions", builder=BasicMotions, fields=UEA_FIELDS, read=read,
+                                     streams=True))
+JAPANESE_VOWELS = register(DatasetSpec(name="japanese_vowels", builder=JapaneseVowels, fields=UEA_FIELDS, read=read,
+                                       streams=True))
