@@ -31,6 +31,10 @@ TASK_MODULES = (
     "fintrans.tasks.classification",
     "fintrans.tasks.forecasting",
     "fintrans.tasks.segmentation",
+    "fintrans.tasks.ranking",
+    "fintrans.tasks.multitask",
+    "fintrans.tasks.contrastive",
+    "fintrans.tasks.diffusion",
 )
 TASKS: Registry[type] = Registry("task", load=TASK_MODULES, error=ConfigError)
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fintrans.models.config import ConfigError
-from fintrans.tasks.interface import BatchError, Task, check_keys, example_weights, weighted
+from fintrans.tasks.base import TASKS, BatchError, Task, check_keys, example_weights, weighted
 
 AUGMENTATIONS = ("jitter", "scaling", "masking")
 
@@ -164,4 +164,4 @@ class Contrastive(Task):
         return out
 
 
-TASK_CLASSES = {Contrastive.name: Contrastive}
+TASKS.register(Contrastive.name, Contrastive)

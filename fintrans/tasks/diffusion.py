@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fintrans.models.config import ConfigError
-from fintrans.tasks.interface import BatchError, Task, check_keys, example_weights, weighted
+from fintrans.tasks.base import TASKS, BatchError, Task, check_keys, example_weights, weighted
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("epsilon", "v", "x0")
@@ -218,4 +218,4 @@ class Diffusion(Task):
         return stats
 
 
-TASK_CLASSES = {Diffusion.name: Diffusion}
+TASKS.register(Diffusion.name, Diffusion)

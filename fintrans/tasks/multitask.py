@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from fintrans.models.config import ConfigError
-from fintrans.tasks.interface import Task, build
+from fintrans.tasks.base import TASKS, Task, build
 
 
 class _HeadApply:
@@ -132,4 +132,4 @@ class _HeadRun:
         return _select(outputs, self._head, self._heads), gathered
 
 
-TASK_CLASSES = {MultiTask.name: MultiTask}
+TASKS.register(MultiTask.name, MultiTask)

@@ -61,7 +61,7 @@ import numpy as np
 import optax
 
 from fintrans.models.config import ConfigError
-from fintrans.tasks.interface import BatchError, Task, check_keys, example_weights, weighted
+from fintrans.tasks.base import TASKS, BatchError, Task, check_keys, example_weights, weighted
 
 # ---------------------------------------------------------------------------------------------- pointwise
 
@@ -406,4 +406,5 @@ def _num_examples(run) -> int:
     return int(getattr(sample, "num_examples", 4) or 4)
 
 
-TASK_CLASSES = {PointwiseRanking.name: PointwiseRanking, ListwiseRanking.name: ListwiseRanking}
+TASKS.register(PointwiseRanking.name, PointwiseRanking)
+TASKS.register(ListwiseRanking.name, ListwiseRanking)

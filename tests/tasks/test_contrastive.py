@@ -6,7 +6,7 @@ import pytest
 
 from fintrans.models.config import ConfigError
 from fintrans.tasks import contrastive
-from fintrans.tasks.interface import BatchError
+from fintrans.tasks.base import BatchError
 from task_cases import FakeRun
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from fintrans.models.config import ConfigError
 from fintrans.tasks import diffusion
-from fintrans.tasks.interface import BatchError, accumulate, summarize
+from fintrans.tasks.base import BatchError, accumulate, summarize
 from task_cases import FakeRun
 
 

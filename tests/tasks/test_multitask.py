@@ -6,7 +6,7 @@ import pytest
 
 from fintrans.models.config import ConfigError
 from fintrans.tasks import contrastive, ranking
-from fintrans.tasks.interface import build, summarize
+from fintrans.tasks.base import build, summarize
 from task_cases import FakeRun
 
 HEADS = {"ctr": {"task": "ranking_pointwise", "options": {"label_key": "click", "num_bins": 64}},

@@ -10,7 +10,7 @@ from sklearn.metrics import ndcg_score, roc_auc_score
 
 from fintrans.models.config import ConfigError
 from fintrans.tasks import ranking
-from fintrans.tasks.interface import BatchError, accumulate, build, summarize
+from fintrans.tasks.base import BatchError, accumulate, build, summarize
 from task_cases import FakeRun
 
 KS = (1, 3, 5)
