@@ -52,7 +52,10 @@ CI_EPS = 1e-3
 
 @dataclasses.dataclass(frozen=True)
 class ShapeFormerConfig(AttentionConfig):
-    DATA_FIELDS = {"num_classes": "num_classes", "num_channels": "num_channels"}  # see ModelConfig
+    # See ModelConfig; the shapelets come from the dataset's fitted shapelets (data config `shapelets`).
+    DATA_FIELDS = {"num_classes": "num_classes", "num_channels": "num_channels",
+                   **{f: f"shapelets.{f}" for f in ("shapelets", "shapelet_channels", "shapelet_starts",
+                                                     "shapelet_weights")}}
     max_len: int = 100
     num_channels: int = 6
     num_classes: int = 4

@@ -19,7 +19,7 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -104,6 +104,19 @@ def _as_tuples(value):
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+_MISSING = object()
+
+
+def _lookup(known: dict, key: str):
+    """known[key], where a dotted key reads into nested mappings ('shapelets.shapelet_starts')."""
+    value = known
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
 def resolve_data_fields(config_cls, fields: dict, info: dict, data_cfg) -> dict:
     """`fields` with each of config_cls.DATA_FIELDS set from the data where it is None; a value that
     disagrees with the data is a ConfigError naming both, before anything compiles."""
@@ -112,15 +125,16 @@ def resolve_data_fields(config_cls, fields: dict, info: dict, data_cfg) -> dict:
     fields = dict(fields)
     for field, key in config_cls.DATA_FIELDS.items():
         value = fields.get(field, defaults.get(field))
-        if key not in known:
+        data_value = _lookup(known, key)
+        if data_value is _MISSING:
             if value is None:
                 raise ConfigError(f"model.{field} is None (take it from the data), but dataset {info.get('name')!r} "
                                   f"has no {key!r}; set model.{field}")
             continue
         if value is None:
-            fields[field] = known[key]
-        elif _as_tuples(value) != _as_tuples(known[key]):
-            raise ConfigError(f"model.{field}={value} but dataset {info.get('name')!r} has {key}={known[key]} "
+            fields[field] = data_value
+        elif _as_tuples(value) != _as_tuples(data_value):
+            raise ConfigError(f"model.{field}={value} but dataset {info.get('name')!r} has {key}={data_value} "
                               f"(set model.{field}=None to take it from the data)")
     return fields
 
