@@ -50,7 +50,7 @@ import numpy as np
 import scipy.linalg
 
 from fintrans import axes
-from fintrans.layers import Dense, LayerNorm, param_with_axes
+from fintrans.layers import Conv1D, Dense, LayerNorm, param_with_axes
 from fintrans.models import register
 from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
 
@@ -173,40 +173,6 @@ class LMUFormerConfig(ModelConfig):
 
 
 # --- layers with a parallel call and a one-step call ---------------------------------------------
-class CausalConv(nn.Module):
-    """y_t = b + Σ_j W[j] x_{t-k+1+j} (zero history). Streaming state: the last k-1 inputs."""
-    in_features: int
-    features: int
-    kernel: int
-    in_axis: str | None
-    use_bias: bool
-    dtype: Any
-    param_dtype: Any
-
-    def setup(self):
-        self.w = param_with_axes(self, "kernel", nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
-                                 (self.kernel, self.in_features, self.features), (None, self.in_axis, axes.EMBED),
-                                 self.param_dtype)
-        self.b = (param_with_axes(self, "bias", nn.initializers.zeros, (self.features,), (axes.NORM,),
-                                  self.param_dtype) if self.use_bias else None)
-
-    def _apply(self, window):  # window [B, ..., k, C] -> [B, ..., F]
-        y = jnp.einsum("...kc,kcf->...f", window.astype(self.dtype), self.w.astype(self.dtype))
-        return y if self.b is None else y + self.b.astype(self.dtype)
-
-    def __call__(self, x):  # [B, L, C]
-        k, length = self.kernel, x.shape[1]
-        xp = jnp.pad(x, ((0, 0), (k - 1, 0), (0, 0)))
-        return self._apply(jnp.stack([xp[:, j:j + length] for j in range(k)], axis=2))  # windows [B, L, k, C]
-
-    def init_state(self, batch):
-        return jnp.zeros((batch, self.kernel - 1, self.in_features), self.dtype)
-
-    def step(self, state, x_t):  # x_t [B, C]
-        window = jnp.concatenate([state, x_t[:, None].astype(state.dtype)], axis=1)
-        return window[:, 1:], self._apply(window)
-
-
 class Act(nn.Module):
     """ReLU/GELU, or (spiking) a layer of LIF neurons over time; streaming state: membranes."""
     kind: str  # 'relu' | 'gelu' | 'lif'
@@ -246,9 +212,8 @@ class PatchEmbed(nn.Module):
     def setup(self):
         cfg = self.config
         dt, pdt = cfg.compute_dtype, cfg.params_dtype
-        conv = lambda i, name: CausalConv(cfg.step_features if i == 0 else cfg.embed_dim, cfg.embed_dim,
-                                          cfg.conv_kernel, axes.CHANNELS if i == 0 else None, False, dt, pdt,
-                                          name=name)
+        conv = lambda i, name: Conv1D(cfg.embed_dim, cfg.conv_kernel, padding="causal", use_bias=False,
+                                      in_axis=axes.CHANNELS if i == 0 else None, dtype=dt, param_dtype=pdt, name=name)
         kind = "lif" if cfg.spiking else "relu"
         self.convs = [conv(i, f"conv_{i}") for i in range(cfg.num_embed_convs)]
         self.norms = [LayerNorm(cfg.norm_epsilon, dtype=dt, param_dtype=pdt, name=f"norm_{i}")
@@ -267,9 +232,10 @@ class PatchEmbed(nn.Module):
 
     def init_state(self, batch):
         cfg = self.config
-        return {"convs": [c.init_state(batch) for c in self.convs],
+        return {"convs": [c.init_state(batch, cfg.step_features if i == 0 else cfg.embed_dim)
+                          for i, c in enumerate(self.convs)],
                 "acts": [a.init_state(batch, cfg.embed_dim) for a in self.acts],
-                "rpe": self.rpe.init_state(batch)}
+                "rpe": self.rpe.init_state(batch, cfg.embed_dim)}
 
     def step(self, state, x):
         conv_states, act_states = list(state["convs"]), list(state["acts"])
