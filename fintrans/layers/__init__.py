@@ -9,13 +9,14 @@ from fintrans.layers.mlp import ACTIVATIONS, MLP, activation
 from fintrans.layers.norms import NORMS, LayerNorm, RMSNorm, make_norm
 from fintrans.layers.pooling import POOLINGS, pool
 from fintrans.layers.series import SeriesDecomp, check_series_batch, moving_average, series_decomp
-from fintrans.layers.stack import REMAT_POLICIES, STACK_MODES, Stack, remat_policy, stack_params, unstack_params
+from fintrans.layers.stack import (REMAT_POLICIES, STACK_MODES, Stack, per_block_ndim, remat_policy, stack_params,
+                                   unstack_params)
 
 __all__ = [
     "ACTIVATIONS", "Block", "Conv1D", "Conv2D", "Dense", "DropPath", "Embed", "LayerNorm", "LearnedPositions", "MLP",
     "MultiHeadAttention", "NORMS", "NORM_POSITIONS", "PADDINGS_1D", "POOLINGS", "PatchEmbed1D", "PatchEmbed2D",
     "REMAT_POLICIES", "RMSNorm", "STACK_MODES", "SeriesDecomp", "Stack", "TransformerBlock", "activation",
     "apply_rotary", "check_series_batch", "inject_dot_general", "make_norm", "moving_average", "padding_mask",
-    "param_with_axes", "pool", "remat_policy", "series_decomp", "sinusoidal_positions", "stack_params",
-    "unstack_params",
+    "param_with_axes", "per_block_ndim", "pool", "remat_policy", "series_decomp", "sinusoidal_positions",
+    "stack_params", "unstack_params",
 ]

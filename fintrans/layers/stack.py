@@ -45,6 +45,15 @@ def remat_policy(name: str) -> Optional[Callable]:
     return REMAT_POLICIES.get(name)
 
 
+SCANNED_NAME = "layers"  # the scanned block's name: its variables carry the leading layers dimension
+
+
+def per_block_ndim(path, leaf) -> int:
+    """A variable's rank within one block: each scanned Stack on its path (a `SCANNED_NAME` key) added a
+    leading dimension. For rank-based rules such as "no weight decay on biases and norm scales"."""
+    return leaf.ndim - sum(getattr(key, "key", None) == SCANNED_NAME for key in path)
+
+
 def _is_dynamic(value) -> bool:
     return any(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in jax.tree.leaves(value))
 
@@ -92,7 +101,7 @@ class Stack(nn.Module):
             scanned = nn.scan(body, variable_axes={True: 0}, split_rngs={"params": True, "dropout": True},
                               in_axes=(nn.broadcast,), length=self.num_layers,
                               metadata_params={nn.PARTITION_NAME: axes.LAYERS})
-            x, _ = scanned(self.block(name="layers"), x, dynamic)
+            x, _ = scanned(self.block(name=SCANNED_NAME), x, dynamic)
             return x
         # looped: parameters broadcast (shared), every other collection stacked per pass.
         group = Stack(block=self.block, num_layers=self.num_layers, mode="unrolled", name="loop")
@@ -109,13 +118,13 @@ def stack_params(per_block: Sequence[Any], mode: str = "unrolled") -> dict:
     if mode == "unrolled":
         return {f"block_{i}": p for i, p in enumerate(per_block)}
     if mode == "scan":
-        return {"layers": jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_block)}
+        return {SCANNED_NAME: jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_block)}
     raise ValueError(f"stack_params: mode={mode!r}; per-block parameters map onto 'unrolled' or 'scan' stacks")
 
 
 def unstack_params(tree: dict) -> list:
     """The inverse of stack_params: a Stack's parameter tree (either mode) -> per-block trees."""
-    if "layers" in tree:
-        n = jax.tree.leaves(tree["layers"])[0].shape[0]
-        return [jax.tree.map(lambda leaf: leaf[i], tree["layers"]) for i in range(n)]
+    if SCANNED_NAME in tree:
+        n = jax.tree.leaves(tree[SCANNED_NAME])[0].shape[0]
+        return [jax.tree.map(lambda leaf: leaf[i], tree[SCANNED_NAME]) for i in range(n)]
     return [tree[f"block_{i}"] for i in range(len(tree))]

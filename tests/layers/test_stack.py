@@ -163,3 +163,32 @@ def test_block_post_norm_and_custom_norm_factory():
     assert calls == ["token_mixer_norm"]
     with pytest.raises(ValueError, match="norm_position 'middle'"):
         layers.Block(token_mixer=_Scale, norm_position="middle").apply({}, x)
+
+
+@pytest.mark.parametrize("mode", ["scan", "looped"])
+def test_kv_cache_decoding_matches_the_full_forward_pass(mode):
+    """Token-by-token decoding through the stack's 'cache' collection (stacked per layer, or per pass when
+    looped) gives the causal forward pass's outputs."""
+    loops, num_layers = (2, 1) if mode == "looped" else (1, LAYERS)
+    full = layers.Stack(BLOCK, num_layers, mode=mode, loops=loops)
+    decoding = layers.Stack(functools.partial(BLOCK, decode=True), num_layers, mode=mode, loops=loops)
+    params = nn.unbox(jax.jit(functools.partial(full.init, causal=True))(jax.random.PRNGKey(3), X))["params"]
+    cache = jax.eval_shape(decoding.init, jax.random.PRNGKey(3), X)["cache"]  # sized by the longest input
+    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
+    assert jax.tree.leaves(cache)[0].shape[0] == (loops if mode == "looped" else num_layers)
+    step = jax.jit(lambda c, x: decoding.apply({"params": params, "cache": c}, x, mutable=["cache"]))
+    outs = []
+    for t in range(X.shape[1]):
+        y, updates = step(cache, X[:, t:t + 1])
+        cache = updates["cache"]
+        outs.append(y)
+    expected = jax.jit(functools.partial(full.apply, causal=True))({"params": params}, X)
+    chex.assert_trees_all_close(jnp.concatenate(outs, 1), expected, atol=1e-5)
+
+
+def test_weight_decay_mask_sees_through_the_layers_axis():
+    """Biases and norm scales are rank 1 per block; scanned they are [layers, d] and must still be excluded."""
+    from fintrans.train.optim import _decay_mask
+    unrolled, scanned = _decay_mask(_params("unrolled")), _decay_mask(_params("scan"))
+    assert scanned["layers"] == unrolled["block_0"]
+    assert not scanned["layers"]["attention_norm"]["scale"] and scanned["layers"]["mlp"]["wi"]["kernel"]

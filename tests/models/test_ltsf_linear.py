@@ -14,7 +14,6 @@ from sktime.networks.ltsf.models.linear import LTSFDLinearNetwork, LTSFNLinearNe
 from sktime.networks.ltsf.utils.extras import SeriesDecomposer
 
 from fintrans.layers import series
-from fintrans.models import ltsf_linear
 from model_cases import BATCH, built, jit
 
 
