@@ -14,6 +14,9 @@ Calling convention (the contract every mixer follows):
     token mixer:   mixer(x, deterministic=..., **kwargs)  kwargs: whatever the block was called with
                    besides `deterministic` (mask, causal, segment_ids, positions, ...)
     channel mixer: mixer(x, deterministic=...)
+Streaming (recurrent mixers such as the LMU): `block(x_t, state={mixer name: state})` runs one step,
+calling each mixer's `step(state, x_t) -> (state, y_t)`, and returns (x_t, new state); the model
+builds the initial states (the mixers' own `initial_state`).
 """
 from __future__ import annotations
 
@@ -87,7 +90,8 @@ class Block(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, deterministic: bool = True, **mixer_kwargs) -> jax.Array:
+    def __call__(self, x: jax.Array, *, deterministic: bool = True, state: Optional[dict] = None, **mixer_kwargs):
+        """x [B, L, D] -> [B, L, D]; with `state`, one streaming step: x [B, D] -> (y [B, D], new state)."""
         if self.norm_position not in NORM_POSITIONS:
             raise ValueError(f"{self.name}: unknown norm_position {self.norm_position!r}; choose from {NORM_POSITIONS}")
         for name in ("token_dropout_rate", "channel_dropout_rate", "drop_path_rate"):
@@ -95,14 +99,27 @@ class Block(nn.Module):
         act_spec = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED) if x.ndim == 3 else None
         constrain = (lambda y: nn.with_logical_constraint(y, act_spec)) if act_spec else (lambda y: y)
         x = constrain(x)
+        new_state = {}
+        deterministic = deterministic or state is not None  # streaming is inference
+
+        def mix(module, name, **kwargs):
+            if state is None:
+                return lambda y: module(y, deterministic=deterministic, **kwargs)
+
+            def step(y):
+                new_state[name], out = module.step(state[name], y)
+                return out
+            return step
+
         token = self.token_mixer(name=self.token_mixer_name)
-        x = self._sublayer(x, lambda y: token(y, deterministic=deterministic, **mixer_kwargs),
-                           self.token_mixer_name, self.token_dropout_rate, deterministic)
+        x = self._sublayer(x, mix(token, self.token_mixer_name, **mixer_kwargs), self.token_mixer_name,
+                           self.token_dropout_rate, deterministic)
         if self.channel_mixer is not None:
             channel = self.channel_mixer(name=self.channel_mixer_name)
-            x = self._sublayer(x, lambda y: channel(y, deterministic=deterministic),
-                               self.channel_mixer_name, self.channel_dropout_rate, deterministic)
-        return constrain(x)
+            x = self._sublayer(x, mix(channel, self.channel_mixer_name), self.channel_mixer_name,
+                               self.channel_dropout_rate, deterministic)
+        x = constrain(x)
+        return x if state is None else (x, new_state)
 
     def _make_norm(self, name: str) -> Callable[[jax.Array], jax.Array]:
         if self.norm is None:

@@ -70,7 +70,9 @@ class Stack(nn.Module):
     nest: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, deterministic: bool = True, **kwargs) -> jax.Array:
+    def __call__(self, x: jax.Array, *, deterministic: bool = True, state: Optional[dict] = None, **kwargs):
+        """x -> x through every block; with `state` ({'block_i': that block's state}, unrolled only), one
+        streaming step through every block: returns (x, new state) (see Block)."""
         if self.mode not in STACK_MODES:
             raise ValueError(f"{self.name}: unknown stack mode {self.mode!r}; choose from {STACK_MODES}")
         if not isinstance(self.num_layers, int) or self.num_layers < 1:
@@ -90,6 +92,13 @@ class Stack(nn.Module):
         def scan_body(module, carry, dyn):
             return run(module, carry, dyn), None
 
+        if state is not None:
+            if self.mode != "unrolled":
+                raise ValueError(f"{self.name}: streaming steps (state=...) need mode='unrolled', got {self.mode!r}")
+            new_state = {}
+            for i in range(self.num_layers):
+                x, new_state[f"block_{i}"] = self.block(name=f"block_{i}")(x, state=state[f"block_{i}"], **kwargs)
+            return x, new_state
         if self.mode == "unrolled":
             step = nn.remat(run, policy=policy) if use_remat else run
             for i in range(self.num_layers):

@@ -50,7 +50,7 @@ import numpy as np
 import scipy.linalg
 
 from fintrans import axes
-from fintrans.layers import Conv1D, Dense, LayerNorm, param_with_axes
+from fintrans.layers import Block, Conv1D, Dense, LayerNorm, Stack, param_with_axes
 from fintrans.models import register
 from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
 
@@ -173,6 +173,11 @@ class LMUFormerConfig(ModelConfig):
 
 
 # --- layers with a parallel call and a one-step call ---------------------------------------------
+def act_state(kind: str, batch: int, width: int):
+    """An activation's streaming state from rest: LIF membranes, or nothing."""
+    return jnp.zeros((batch, width), jnp.float32) if kind == "lif" else ()
+
+
 class Act(nn.Module):
     """ReLU/GELU, or (spiking) a layer of LIF neurons over time; streaming state: membranes."""
     kind: str  # 'relu' | 'gelu' | 'lif'
@@ -183,7 +188,7 @@ class Act(nn.Module):
         return jax.nn.relu(x) if self.kind == "relu" else jax.nn.gelu(x, approximate=False)
 
     def init_state(self, batch, width):
-        return jnp.zeros((batch, width), jnp.float32) if self.kind == "lif" else ()
+        return act_state(self.kind, batch, width)
 
     def step(self, state, x_t):
         if self.kind == "lif":
@@ -271,7 +276,8 @@ class LMUMixer(nn.Module):
         self.act_u, self.act_m, self.act_h, self.act_out = (Act(kind, name=n) for n in ("act_u", "act_m", "act_h",
                                                                                         "act_out"))
 
-    def __call__(self, x):  # [B, L, D]
+    def __call__(self, x, *, deterministic: bool = True):  # [B, L, D]; no dropout in the cell
+        del deterministic
         cfg = self.config
         u = self.w_u(x)
         u = self.act_u(self.u_norm(u) if cfg.spiking else u)  # [B, L, 1]
@@ -284,10 +290,11 @@ class LMUMixer(nn.Module):
         y = self.proj_norm(self.proj(h))
         return self.act_out(y) if cfg.spiking else y
 
-    def init_state(self, batch):
-        cfg = self.config
+    @staticmethod
+    def initial_state(cfg: LMUFormerConfig, batch: int) -> dict:
+        kind = "lif" if cfg.spiking else "relu"
         return {"memory": jnp.zeros((batch, cfg.order), jnp.float32),
-                **{n: getattr(self, n).init_state(batch, w) for n, w in
+                **{n: act_state(kind, batch, w) for n, w in
                    (("act_u", 1), ("act_m", cfg.order), ("act_h", cfg.embed_dim), ("act_out", cfg.embed_dim))}}
 
     def step(self, state, x):  # x [B, D]
@@ -331,10 +338,10 @@ class ConvFFN(nn.Module):
         h = nn.with_logical_constraint(h, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
         return self.drop(self.act2(self.norm2(self.fc2(h))), deterministic=deterministic)
 
-    def init_state(self, batch):
-        cfg = self.config
-        return {"act1": self.act1.init_state(batch, cfg.mlp_ratio * cfg.embed_dim),
-                "act2": self.act2.init_state(batch, cfg.embed_dim)}
+    @staticmethod
+    def initial_state(cfg: LMUFormerConfig, batch: int) -> dict:
+        return {"act1": act_state("lif" if cfg.spiking else "gelu", batch, cfg.mlp_ratio * cfg.embed_dim),
+                "act2": act_state("lif" if cfg.spiking else "relu", batch, cfg.embed_dim)}
 
     def step(self, state, x):
         s1, h = self.act1.step(state["act1"], self.norm1(self.fc1(x)))
@@ -349,8 +356,11 @@ class LMUFormer(nn.Module):
     def setup(self):
         cfg = self.config
         self.embed = PatchEmbed(cfg, name="patch_embed")
-        self.mixers = [LMUMixer(cfg, name=f"block_{i}_lmu") for i in range(cfg.num_layers)]
-        self.ffns = [ConvFFN(cfg, name=f"block_{i}_ffn") for i in range(cfg.num_layers)]
+        # Blocks x = x + LMU(x); x = x + ConvFFN(x) (no norm around them: each mixer ends in its own).
+        block = functools.partial(Block, token_mixer=functools.partial(LMUMixer, cfg),
+                                  channel_mixer=functools.partial(ConvFFN, cfg), norm=None, token_mixer_name="lmu",
+                                  channel_mixer_name="ffn", dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+        self.blocks = Stack(block, cfg.num_layers, nest=False)
         self.head = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=cfg.compute_dtype,
                           param_dtype=cfg.params_dtype, name="head")
 
@@ -371,11 +381,7 @@ class LMUFormer(nn.Module):
     def features(self, batch, *, train: bool = False) -> jax.Array:
         """Per-step features [B, L, D], computed in parallel (FFT memory)."""
         x = self.embed(self.as_sequence(batch["inputs"]))
-        for mixer, ffn in zip(self.mixers, self.ffns):
-            x = x + mixer(x)
-            x = x + ffn(x, deterministic=not train)
-            x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
-        return x
+        return self.blocks(x, deterministic=not train)
 
     def __call__(self, batch, *, train: bool = False) -> jax.Array:
         logits = self.head(self.features(batch, train=train).mean(axis=1))
@@ -391,8 +397,9 @@ class LMUFormer(nn.Module):
     def init_state(self, batch_size: int) -> dict:
         cfg = self.config
         return {"embed": self.embed.init_state(batch_size),
-                "mixers": [m.init_state(batch_size) for m in self.mixers],
-                "ffns": [f.init_state(batch_size) for f in self.ffns],
+                "blocks": {f"block_{i}": {"lmu": LMUMixer.initial_state(cfg, batch_size),
+                                          "ffn": ConvFFN.initial_state(cfg, batch_size)}
+                           for i in range(cfg.num_layers)},
                 "sum": jnp.zeros((batch_size, cfg.embed_dim), jnp.float32),
                 "count": jnp.zeros((), jnp.float32)}
 
@@ -402,18 +409,10 @@ class LMUFormer(nn.Module):
         if x_t.ndim != 2 or x_t.shape[1] != cfg.step_features:
             raise ValueError(f"lmuformer: a step takes [batch, {cfg.step_features}], got {tuple(x_t.shape)}")
         embed_state, x = self.embed.step(state["embed"], x_t.astype(cfg.compute_dtype))
-        mixer_states, ffn_states = [], []
-        for mixer, ffn, ms, fs in zip(self.mixers, self.ffns, state["mixers"], state["ffns"]):
-            ms, y = mixer.step(ms, x)
-            x = x + y
-            fs, y = ffn.step(fs, x)
-            x = x + y
-            mixer_states.append(ms)
-            ffn_states.append(fs)
+        x, block_states = self.blocks(x, state=state["blocks"])
         total, count = state["sum"] + x.astype(jnp.float32), state["count"] + 1.0
         logits = self.head(total / count).astype(jnp.float32)
-        return {"embed": embed_state, "mixers": mixer_states, "ffns": ffn_states, "sum": total,
-                "count": count}, logits
+        return {"embed": embed_state, "blocks": block_states, "sum": total, "count": count}, logits
 
 
 register("lmuformer", LMUFormerConfig, LMUFormer)
