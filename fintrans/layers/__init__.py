@@ -5,6 +5,7 @@ from fintrans.layers.conv import PADDINGS_1D, Conv1D, Conv2D
 from fintrans.layers.dense import Dense, inject_dot_general, param_with_axes
 from fintrans.layers.embeddings import (Embed, LearnedPositions, PatchEmbed1D, PatchEmbed2D, apply_rotary,
                                         sinusoidal_positions)
+from fintrans.layers.mixers import PoolingMixer, TokenMixingMLP
 from fintrans.layers.mlp import ACTIVATIONS, MLP, activation
 from fintrans.layers.norms import NORMS, LayerNorm, RMSNorm, make_norm
 from fintrans.layers.pooling import POOLINGS, pool
@@ -15,8 +16,8 @@ from fintrans.layers.stack import (REMAT_POLICIES, STACK_MODES, Stack, per_block
 __all__ = [
     "ACTIVATIONS", "Block", "Conv1D", "Conv2D", "Dense", "DropPath", "Embed", "LayerNorm", "LearnedPositions", "MLP",
     "MultiHeadAttention", "NORMS", "NORM_POSITIONS", "PADDINGS_1D", "POOLINGS", "PatchEmbed1D", "PatchEmbed2D",
-    "REMAT_POLICIES", "RMSNorm", "STACK_MODES", "SeriesDecomp", "Stack", "TransformerBlock", "activation",
-    "apply_rotary", "check_series_batch", "inject_dot_general", "make_norm", "moving_average", "padding_mask",
-    "param_with_axes", "per_block_ndim", "pool", "remat_policy", "series_decomp", "sinusoidal_positions",
-    "stack_params", "unstack_params",
+    "PoolingMixer", "REMAT_POLICIES", "RMSNorm", "STACK_MODES", "SeriesDecomp", "Stack", "TokenMixingMLP",
+    "TransformerBlock", "activation", "apply_rotary", "check_series_batch", "inject_dot_general", "make_norm",
+    "moving_average", "padding_mask", "param_with_axes", "per_block_ndim", "pool", "remat_policy", "series_decomp",
+    "sinusoidal_positions", "stack_params", "unstack_params",
 ]

@@ -192,3 +192,22 @@ def test_weight_decay_mask_sees_through_the_layers_axis():
     unrolled, scanned = _decay_mask(_params("unrolled")), _decay_mask(_params("scan"))
     assert scanned["layers"] == unrolled["block_0"]
     assert not scanned["layers"]["attention_norm"]["scale"] and scanned["layers"]["mlp"]["wi"]["kernel"]
+
+
+def test_pooling_mixer_averages_neighbours_minus_the_token():
+    x = jax.random.normal(jax.random.PRNGKey(4), (2, 5, 3))
+    y = layers.PoolingMixer(3).apply({}, x)
+    expected = jnp.stack([x[:, max(t - 1, 0):t + 2].mean(1) for t in range(5)], 1) - x  # edges: padding not counted
+    chex.assert_trees_all_close(y, expected, atol=1e-6)
+    images = jax.random.normal(jax.random.PRNGKey(5), (1, 4, 4, 2))
+    chex.assert_trees_all_close(layers.PoolingMixer(3).apply({}, images)[0, 1, 2],
+                                images[0, :3, 1:4].mean((0, 1)) - images[0, 1, 2], atol=1e-6)
+
+
+def test_token_mixing_mlp_block_mixes_across_tokens():
+    block = layers.Block(token_mixer=functools.partial(layers.TokenMixingMLP, 8),
+                         channel_mixer=functools.partial(layers.MLP, 16), norm="layernorm")
+    params = block.init(jax.random.PRNGKey(6), X)
+    assert nn.unbox(params)["params"]["token_mixer"]["token_wi"]["kernel"].shape == (X.shape[1], 8)
+    jac = jax.jacobian(lambda x: block.apply(params, x)[0, 0].sum())(X)[0]  # d out[token 0] / d x[every token]
+    assert (jnp.abs(jac).sum(-1) > 0).all()  # token 0 sees every token
