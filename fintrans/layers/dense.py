@@ -1,7 +1,17 @@
-"""Dense layers whose parameters carry logical axis names."""
+"""Dense layers whose parameters carry logical axis names, and the one place their matmul is chosen.
+
+Every Dense (and Conv1D) multiplies through `dot_general` (same signature as jax.lax.dot_general):
+its own attribute when set, else the one `inject_dot_general` installed, else jax.lax.dot_general.
+So a quantised or sparse matmul reaches a whole model without touching it:
+
+    with inject_dot_general(fake_quant_int8_dot):
+        logits = jax.jit(model.apply)(params, batch)   # traced inside the with block
+"""
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import math
 
@@ -19,6 +29,28 @@ def param_with_axes(module: nn.Module, name: str, init: Initializer, shape, axes
     if len(axes) != len(shape):
         raise ValueError(f"parameter {name!r}: {len(axes)} logical axes {tuple(axes)} for shape {tuple(shape)}")
     return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
+
+
+_INJECTED_DOT_GENERAL: contextvars.ContextVar[Optional[Callable]] = contextvars.ContextVar(
+    "fintrans_dot_general", default=None)
+
+
+@contextlib.contextmanager
+def inject_dot_general(dot_general: Callable) -> Iterator[None]:
+    """Layers without their own `dot_general` use this one while tracing inside the block (a jitted
+    function traced earlier keeps the matmul it was traced with)."""
+    if not callable(dot_general):
+        raise TypeError(f"inject_dot_general: expected a callable like jax.lax.dot_general, got {dot_general!r}")
+    token = _INJECTED_DOT_GENERAL.set(dot_general)
+    try:
+        yield
+    finally:
+        _INJECTED_DOT_GENERAL.reset(token)
+
+
+def resolve_dot_general(own: Optional[Callable]) -> Callable:
+    """A layer's matmul: its own, else the injected one, else jax.lax.dot_general."""
+    return own or _INJECTED_DOT_GENERAL.get() or jax.lax.dot_general
 
 
 def _as_tuple(x) -> tuple:
@@ -39,6 +71,7 @@ class Dense(nn.Module):
     param_dtype: Any = jnp.float32
     kernel_init: Initializer = default_kernel_init
     bias_init: Initializer = nn.initializers.zeros
+    dot_general: Optional[Callable] = None  # None: inject_dot_general's, else jax.lax.dot_general
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -56,7 +89,8 @@ class Dense(nn.Module):
                                  self.param_dtype)
         x = x.astype(self.dtype)
         contract = tuple(range(x.ndim - n_in, x.ndim))
-        y = jax.lax.dot_general(x, kernel.astype(self.dtype), ((contract, tuple(range(n_in))), ((), ())))
+        dot = resolve_dot_general(self.dot_general)
+        y = dot(x, kernel.astype(self.dtype), ((contract, tuple(range(n_in))), ((), ())))
         if self.use_bias:
             bias = param_with_axes(self, "bias", self.bias_init, features, self.out_axes, self.param_dtype)
             y = y + bias.astype(self.dtype)

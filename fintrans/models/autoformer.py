@@ -45,18 +45,19 @@ label_len + horizon.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from fintrans import axes
-from fintrans.layers import Dense, LayerNorm
+from fintrans.layers import Block, Conv1D, Dense, LayerNorm, SeriesDecomp, Stack, series_decomp
 from fintrans.layers.mlp import activation as activation_fn
 from fintrans.models import register
 from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
-from fintrans.models.ltsf_linear import series_decomp
 
 ACTIVATIONS = ("relu", "gelu")  # the authors' choice: F.relu if 'relu' else F.gelu
 
@@ -144,7 +145,11 @@ class AutoCorrelationLayer(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, context: Optional[jax.Array] = None, *,
+                 deterministic: bool = True) -> jax.Array:
+        """Self-correlation without `context`; deterministic=False is the authors' training variant."""
+        context = x if context is None else context
+        train = not deterministic
         d = x.shape[-1]
         head_dim = d // self.num_heads
         proj = lambda name, bias: Dense((self.num_heads, head_dim), (axes.EMBED,), (axes.HEADS, axes.HEAD_DIM),
@@ -160,24 +165,6 @@ class AutoCorrelationLayer(nn.Module):
                      name="out")(out.astype(self.dtype))
 
 
-class CircularConv1D(nn.Module):
-    """Bias-free Conv1d of width 3 with circular padding over axis 1 (the authors' TokenEmbedding and
-    decoder trend projection). Kernel [3, in, out]: tap 0 sees x[t-1], tap 1 x[t], tap 2 x[t+1]."""
-    features: int
-    in_axis: str
-    out_axis: str
-    kernel_init: object = nn.initializers.lecun_normal()
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        windows = jnp.stack([jnp.roll(x, 1, axis=1), x, jnp.roll(x, -1, axis=1)], axis=2)  # [B, L, 3, in]
-        return Dense(self.features, (None, self.in_axis), (self.out_axis,), use_bias=False,
-                     kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="conv")(windows)
-
-
 # torch.nn.init.kaiming_normal_(mode='fan_in', nonlinearity='leaky_relu'): gain² = 2 / (1 + 0.01²).
 _kaiming_leaky = nn.initializers.variance_scaling(2.0 / (1 + 0.01 ** 2), "fan_in", "normal")
 
@@ -191,8 +178,9 @@ class DataEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, x, time_features, *, deterministic: bool):
-        y = CircularConv1D(self.embed_dim, axes.CHANNELS, axes.EMBED, kernel_init=_kaiming_leaky, dtype=self.dtype,
-                           param_dtype=self.param_dtype, name="token")(x.astype(self.dtype))
+        y = Conv1D(self.embed_dim, 3, padding="circular", use_bias=False, in_axis=axes.CHANNELS, out_axis=axes.EMBED,
+                   kernel_init=_kaiming_leaky, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name="token")(x.astype(self.dtype))
         if time_features is not None:
             y = y + Dense(self.embed_dim, (None,), (axes.EMBED,), use_bias=False, dtype=self.dtype,
                           param_dtype=self.param_dtype, name="time")(time_features.astype(self.dtype))
@@ -309,12 +297,14 @@ class Autoformer(nn.Module):
         correlate = lambda name: AutoCorrelationLayer(cfg.num_heads, cfg.factor, name=name, **kw)
         act_spec = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)
 
-        # Encoder.
+        # Encoder: blocks of x = decomp(x + dropout(AutoCorrelation(x))); x = decomp(x + FFN(x)).
         h = embed("encoder_embed")(x, enc_marks, deterministic=deterministic)
-        for i in range(cfg.encoder_layers):
-            h = nn.with_logical_constraint(h, act_spec)
-            h, _ = decomp(h + drop(correlate(f"encoder_{i}_correlation")(h, h, train=train)))
-            h, _ = decomp(h + ffn(f"encoder_{i}_ffn")(h, deterministic=deterministic))
+        encoder_block = functools.partial(
+            Block, token_mixer=functools.partial(AutoCorrelationLayer, cfg.num_heads, cfg.factor, **kw),
+            channel_mixer=functools.partial(FeedForward, cfg.mlp_dim, cfg.activation, cfg.dropout_rate, **kw),
+            norm=functools.partial(SeriesDecomp, cfg.moving_avg), norm_position="post",
+            token_dropout_rate=cfg.dropout_rate, token_mixer_name="correlation", channel_mixer_name="ffn", **kw)
+        h = Stack(encoder_block, cfg.encoder_layers, name="encoder")(h, deterministic=deterministic)
         enc = SeasonalLayerNorm(name="encoder_norm", **kw)(h)
 
         # Decoder.
@@ -322,11 +312,13 @@ class Autoformer(nn.Module):
         trend_acc = trend_init
         for i in range(cfg.decoder_layers):
             s = nn.with_logical_constraint(s, act_spec)
-            s, trend1 = decomp(s + drop(correlate(f"decoder_{i}_self_correlation")(s, s, train=train)))
-            s, trend2 = decomp(s + drop(correlate(f"decoder_{i}_cross_correlation")(s, enc, train=train)))
+            s, trend1 = decomp(s + drop(correlate(f"decoder_{i}_self_correlation")(s, deterministic=deterministic)))
+            s, trend2 = decomp(s + drop(correlate(f"decoder_{i}_cross_correlation")(s, enc,
+                                                                                    deterministic=deterministic)))
             s, trend3 = decomp(s + ffn(f"decoder_{i}_ffn")(s, deterministic=deterministic))
-            residual_trend = CircularConv1D(cfg.num_channels, axes.EMBED, axes.CHANNELS,
-                                            name=f"decoder_{i}_trend_projection", **kw)(trend1 + trend2 + trend3)
+            residual_trend = Conv1D(cfg.num_channels, 3, padding="circular", use_bias=False, in_axis=axes.EMBED,
+                                    out_axis=axes.CHANNELS, name=f"decoder_{i}_trend_projection",
+                                    **kw)(trend1 + trend2 + trend3)
             trend_acc = trend_acc + residual_trend.astype(jnp.float32)
         s = SeasonalLayerNorm(name="decoder_norm", **kw)(s)
         seasonal_part = Dense(cfg.num_channels, (axes.EMBED,), (axes.CHANNELS,), name="projection", **kw)(s)

@@ -17,6 +17,7 @@ Parameters use fintrans' layer initialisers (LeCun normal kernels), not BERT's N
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping
 
 import flax.linen as nn
@@ -25,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fintrans import axes
-from fintrans.layers import Dense, Embed, LayerNorm, LearnedPositions, TransformerBlock, param_with_axes
+from fintrans.layers import (REMAT_POLICIES, Dense, Embed, LayerNorm, LearnedPositions, Stack, TransformerBlock,
+                             param_with_axes, stack_params)
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.models import register
 from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
@@ -45,6 +47,8 @@ class BertClassifierConfig(AttentionConfig):
     activation: str = "gelu"  # erf GELU, as BERT
     norm_epsilon: float = 1e-12
     dropout_rate: float = 0.1  # BERT's hidden_dropout_prob, also before the classifier
+    scan_layers: bool = False  # nn.scan over the blocks (parameters 'blocks/layers', stacked)
+    remat_policy: str = "none"  # fintrans.layers.REMAT_POLICIES
 
     def validate(self):
         for name in ("vocab_size", "max_len", "type_vocab_size", "embed_dim", "num_layers", "num_heads",
@@ -52,6 +56,8 @@ class BertClassifierConfig(AttentionConfig):
             check_positive(name, getattr(self, name))
         check_choice("activation", self.activation, ACTIVATIONS)
         check_rate("dropout_rate", self.dropout_rate)
+        check_choice("scan_layers", self.scan_layers, (False, True))
+        check_choice("remat_policy", self.remat_policy, REMAT_POLICIES.names())
         if not isinstance(self.norm_epsilon, (int, float)) or self.norm_epsilon <= 0:
             raise ConfigError(f"norm_epsilon={self.norm_epsilon!r} must be a positive float")
         if self.embed_dim % self.num_heads:
@@ -108,13 +114,13 @@ class BertClassifier(nn.Module):
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
         key_mask = valid[:, None, None, :]  # [B, 1, 1, L]: every query sees the real tokens only
-        for i in range(cfg.num_layers):
-            x = TransformerBlock(
-                num_heads=cfg.num_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim, norm="layernorm",
-                norm_position="post", norm_epsilon=cfg.norm_epsilon, activation=cfg.activation, use_bias=True,
-                dropout_rate=cfg.dropout_rate, mlp_dropout_rate=0.0, attention_impl=cfg.attention_impl,
-                dtype=dtype, param_dtype=pdtype, name=f"block_{i}",
-            )(x, mask=key_mask, deterministic=deterministic)
+        block = functools.partial(
+            TransformerBlock, num_heads=cfg.num_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim, norm="layernorm",
+            norm_position="post", norm_epsilon=cfg.norm_epsilon, activation=cfg.activation, use_bias=True,
+            dropout_rate=cfg.dropout_rate, mlp_dropout_rate=0.0, attention_impl=cfg.attention_impl,
+            dtype=dtype, param_dtype=pdtype)
+        x = Stack(block, cfg.num_layers, mode="scan" if cfg.scan_layers else "unrolled", remat_policy=cfg.remat_policy,
+                  nest=False, name="blocks")(x, mask=key_mask, deterministic=deterministic)
 
         pooled = jnp.tanh(Dense(cfg.embed_dim, (axes.EMBED,), (axes.MLP,), dtype=dtype, param_dtype=pdtype,
                                 name="pooler")(x[:, 0]))
@@ -154,9 +160,10 @@ def params_from_transformers(state_dict: Mapping[str, np.ndarray], config: BertC
         "pooler": dense("pooler.dense"),
         "classifier": dense("classifier"),
     }
+    blocks = []
     for i in range(config.num_layers):
         p = f"encoder.layer.{i}."
-        params[f"block_{i}"] = {
+        blocks.append({
             "attention": {
                 "query": dense(p + "attention.self.query", (d,), (h, hd)),
                 "key": dense(p + "attention.self.key", (d,), (h, hd)),
@@ -166,5 +173,6 @@ def params_from_transformers(state_dict: Mapping[str, np.ndarray], config: BertC
             "attention_norm": norm(p + "attention.output.LayerNorm"),
             "mlp": {"wi": dense(p + "intermediate.dense"), "wo": dense(p + "output.dense")},
             "mlp_norm": norm(p + "output.LayerNorm"),
-        }
+        })
+    params.update(stack_params(blocks, "scan" if config.scan_layers else "unrolled"))
     return jax.tree.map(jnp.asarray, params)

@@ -1,8 +1,13 @@
 """Decoder-only language model: pre-LN transformer blocks, rotary positions, grouped-query heads,
-tied or separate output embedding, and KV-cache generation (`generate`)."""
+tied or separate output embedding, and KV-cache generation (`generate`).
+
+The blocks are one fintrans.layers.Stack in the model's own scope: parameters 'block_i/...', or with
+`scan_layers=True` 'layers/...' with a leading layers dimension (nn.scan: compile time flat in
+depth); `remat_policy` (fintrans.layers.REMAT_POLICIES) rematerialises each block in the backward pass."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 import flax.linen as nn
@@ -11,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fintrans import axes
-from fintrans.layers import Dense, Embed, TransformerBlock, make_norm
+from fintrans.layers import REMAT_POLICIES, Dense, Embed, Stack, TransformerBlock, make_norm
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.layers.norms import NORMS
 from fintrans.models import register
@@ -37,6 +42,8 @@ class DecoderLMConfig(AttentionConfig):
     dropout_rate: float = 0.0
     tie_embeddings: bool = True
     decode: bool = False  # set by `generate`: blocks read and write a KV cache
+    scan_layers: bool = False  # nn.scan over the blocks (parameters stacked on a 'layers' axis)
+    remat_policy: str = "none"  # rematerialise each block in the backward pass: fintrans.layers.REMAT_POLICIES
 
     def validate(self):
         for name in ("vocab_size", "max_len", "embed_dim", "num_layers", "num_heads", "mlp_dim"):
@@ -44,6 +51,8 @@ class DecoderLMConfig(AttentionConfig):
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("norm", self.norm, NORMS)
         check_rate("dropout_rate", self.dropout_rate)
+        check_choice("scan_layers", self.scan_layers, (False, True))
+        check_choice("remat_policy", self.remat_policy, REMAT_POLICIES.names())
         if self.num_kv_heads is not None and (self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads):
             raise ConfigError(f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
         if self.head_dim is None and self.embed_dim % self.num_heads:
@@ -73,15 +82,16 @@ class DecoderLM(nn.Module):
         embed = Embed(cfg.vocab_size, cfg.embed_dim, dtype=dtype, param_dtype=pdtype, name="token_embed")
         x = embed(tokens)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)
-        for i in range(cfg.num_layers):
-            x = TransformerBlock(
-                num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
-                num_kv_heads=cfg.num_kv_heads, norm=cfg.norm, norm_position="pre", norm_epsilon=cfg.norm_epsilon,
-                activation=cfg.activation, glu=cfg.glu, use_bias=cfg.use_bias, rotary=True,
-                dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, decode=cfg.decode,
-                dtype=dtype, param_dtype=pdtype, name=f"block_{i}",
-            )(x, causal=True, segment_ids=batch.get("segment_ids"), positions=batch.get("positions"),
-              deterministic=not train)
+        block = functools.partial(
+            TransformerBlock, num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
+            num_kv_heads=cfg.num_kv_heads, norm=cfg.norm, norm_position="pre", norm_epsilon=cfg.norm_epsilon,
+            activation=cfg.activation, glu=cfg.glu, use_bias=cfg.use_bias, rotary=True,
+            dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, decode=cfg.decode,
+            dtype=dtype, param_dtype=pdtype)
+        blocks = Stack(block, cfg.num_layers, mode="scan" if cfg.scan_layers else "unrolled",
+                       remat_policy=cfg.remat_policy, nest=False, name="blocks")
+        x = blocks(x, causal=True, segment_ids=batch.get("segment_ids"), positions=batch.get("positions"),
+                   deterministic=not train)
         x = make_norm(cfg.norm, epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="final_norm")(x)
         if cfg.tie_embeddings:
             logits = embed.attend(x)

@@ -17,13 +17,14 @@ embedding, the attention output and the FFN (identical at evaluation). No time-f
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from fintrans import axes
-from fintrans.layers import Dense, LayerNorm, TransformerBlock
+from fintrans.layers import Dense, LayerNorm, Stack, TransformerBlock
 from fintrans.models import register
 from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 
@@ -85,13 +86,12 @@ class ITransformer(nn.Module):
         h = Dense(cfg.embed_dim, (axes.LENGTH,), (axes.EMBED,), dtype=dtype, param_dtype=pdtype,
                   name="embed")(tokens)
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        for i in range(cfg.num_layers):
-            h = TransformerBlock(
-                num_heads=cfg.num_heads, head_dim=cfg.embed_dim // cfg.num_heads, mlp_dim=cfg.mlp_dim,
-                norm="layernorm", norm_position="post", norm_epsilon=cfg.norm_epsilon, activation=cfg.activation,
-                use_bias=True, dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, dtype=dtype,
-                param_dtype=pdtype, name=f"block_{i}",
-            )(h, deterministic=deterministic)
+        block = functools.partial(
+            TransformerBlock, num_heads=cfg.num_heads, head_dim=cfg.embed_dim // cfg.num_heads, mlp_dim=cfg.mlp_dim,
+            norm="layernorm", norm_position="post", norm_epsilon=cfg.norm_epsilon, activation=cfg.activation,
+            use_bias=True, dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, dtype=dtype,
+            param_dtype=pdtype)
+        h = Stack(block, cfg.num_layers, nest=False, name="blocks")(h, deterministic=deterministic)
         h = LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="final_norm")(h)
         y = Dense(cfg.horizon, (axes.EMBED,), (axes.HORIZON,), dtype=dtype, param_dtype=pdtype,
                   name="projector")(h)  # [B, N, horizon]

@@ -50,7 +50,7 @@ import numpy as np
 import scipy.linalg
 
 from fintrans import axes
-from fintrans.layers import Dense, LayerNorm, param_with_axes
+from fintrans.layers import Block, Conv1D, Dense, LayerNorm, Stack, param_with_axes
 from fintrans.models import register
 from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
 
@@ -174,38 +174,9 @@ class LMUFormerConfig(ModelConfig):
 
 
 # --- layers with a parallel call and a one-step call ---------------------------------------------
-class CausalConv(nn.Module):
-    """y_t = b + Σ_j W[j] x_{t-k+1+j} (zero history). Streaming state: the last k-1 inputs."""
-    in_features: int
-    features: int
-    kernel: int
-    in_axis: str | None
-    use_bias: bool
-    dtype: Any
-    param_dtype: Any
-
-    def setup(self):
-        self.w = param_with_axes(self, "kernel", nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
-                                 (self.kernel, self.in_features, self.features), (None, self.in_axis, axes.EMBED),
-                                 self.param_dtype)
-        self.b = (param_with_axes(self, "bias", nn.initializers.zeros, (self.features,), (axes.NORM,),
-                                  self.param_dtype) if self.use_bias else None)
-
-    def _apply(self, window):  # window [B, ..., k, C] -> [B, ..., F]
-        y = jnp.einsum("...kc,kcf->...f", window.astype(self.dtype), self.w.astype(self.dtype))
-        return y if self.b is None else y + self.b.astype(self.dtype)
-
-    def __call__(self, x):  # [B, L, C]
-        k, length = self.kernel, x.shape[1]
-        xp = jnp.pad(x, ((0, 0), (k - 1, 0), (0, 0)))
-        return self._apply(jnp.stack([xp[:, j:j + length] for j in range(k)], axis=2))  # windows [B, L, k, C]
-
-    def init_state(self, batch):
-        return jnp.zeros((batch, self.kernel - 1, self.in_features), self.dtype)
-
-    def step(self, state, x_t):  # x_t [B, C]
-        window = jnp.concatenate([state, x_t[:, None].astype(state.dtype)], axis=1)
-        return window[:, 1:], self._apply(window)
+def act_state(kind: str, batch: int, width: int):
+    """An activation's streaming state from rest: LIF membranes, or nothing."""
+    return jnp.zeros((batch, width), jnp.float32) if kind == "lif" else ()
 
 
 class Act(nn.Module):
@@ -218,7 +189,7 @@ class Act(nn.Module):
         return jax.nn.relu(x) if self.kind == "relu" else jax.nn.gelu(x, approximate=False)
 
     def init_state(self, batch, width):
-        return jnp.zeros((batch, width), jnp.float32) if self.kind == "lif" else ()
+        return act_state(self.kind, batch, width)
 
     def step(self, state, x_t):
         if self.kind == "lif":
@@ -247,9 +218,8 @@ class PatchEmbed(nn.Module):
     def setup(self):
         cfg = self.config
         dt, pdt = cfg.compute_dtype, cfg.params_dtype
-        conv = lambda i, name: CausalConv(cfg.step_features if i == 0 else cfg.embed_dim, cfg.embed_dim,
-                                          cfg.conv_kernel, axes.CHANNELS if i == 0 else None, False, dt, pdt,
-                                          name=name)
+        conv = lambda i, name: Conv1D(cfg.embed_dim, cfg.conv_kernel, padding="causal", use_bias=False,
+                                      in_axis=axes.CHANNELS if i == 0 else None, dtype=dt, param_dtype=pdt, name=name)
         kind = "lif" if cfg.spiking else "relu"
         self.convs = [conv(i, f"conv_{i}") for i in range(cfg.num_embed_convs)]
         self.norms = [LayerNorm(cfg.norm_epsilon, dtype=dt, param_dtype=pdt, name=f"norm_{i}")
@@ -268,9 +238,10 @@ class PatchEmbed(nn.Module):
 
     def init_state(self, batch):
         cfg = self.config
-        return {"convs": [c.init_state(batch) for c in self.convs],
+        return {"convs": [c.init_state(batch, cfg.step_features if i == 0 else cfg.embed_dim)
+                          for i, c in enumerate(self.convs)],
                 "acts": [a.init_state(batch, cfg.embed_dim) for a in self.acts],
-                "rpe": self.rpe.init_state(batch)}
+                "rpe": self.rpe.init_state(batch, cfg.embed_dim)}
 
     def step(self, state, x):
         conv_states, act_states = list(state["convs"]), list(state["acts"])
@@ -306,7 +277,8 @@ class LMUMixer(nn.Module):
         self.act_u, self.act_m, self.act_h, self.act_out = (Act(kind, name=n) for n in ("act_u", "act_m", "act_h",
                                                                                         "act_out"))
 
-    def __call__(self, x):  # [B, L, D]
+    def __call__(self, x, *, deterministic: bool = True):  # [B, L, D]; no dropout in the cell
+        del deterministic
         cfg = self.config
         u = self.w_u(x)
         u = self.act_u(self.u_norm(u) if cfg.spiking else u)  # [B, L, 1]
@@ -319,10 +291,11 @@ class LMUMixer(nn.Module):
         y = self.proj_norm(self.proj(h))
         return self.act_out(y) if cfg.spiking else y
 
-    def init_state(self, batch):
-        cfg = self.config
+    @staticmethod
+    def initial_state(cfg: LMUFormerConfig, batch: int) -> dict:
+        kind = "lif" if cfg.spiking else "relu"
         return {"memory": jnp.zeros((batch, cfg.order), jnp.float32),
-                **{n: getattr(self, n).init_state(batch, w) for n, w in
+                **{n: act_state(kind, batch, w) for n, w in
                    (("act_u", 1), ("act_m", cfg.order), ("act_h", cfg.embed_dim), ("act_out", cfg.embed_dim))}}
 
     def step(self, state, x):  # x [B, D]
@@ -366,10 +339,10 @@ class ConvFFN(nn.Module):
         h = nn.with_logical_constraint(h, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
         return self.drop(self.act2(self.norm2(self.fc2(h))), deterministic=deterministic)
 
-    def init_state(self, batch):
-        cfg = self.config
-        return {"act1": self.act1.init_state(batch, cfg.mlp_ratio * cfg.embed_dim),
-                "act2": self.act2.init_state(batch, cfg.embed_dim)}
+    @staticmethod
+    def initial_state(cfg: LMUFormerConfig, batch: int) -> dict:
+        return {"act1": act_state("lif" if cfg.spiking else "gelu", batch, cfg.mlp_ratio * cfg.embed_dim),
+                "act2": act_state("lif" if cfg.spiking else "relu", batch, cfg.embed_dim)}
 
     def step(self, state, x):
         s1, h = self.act1.step(state["act1"], self.norm1(self.fc1(x)))
@@ -384,8 +357,11 @@ class LMUFormer(nn.Module):
     def setup(self):
         cfg = self.config
         self.embed = PatchEmbed(cfg, name="patch_embed")
-        self.mixers = [LMUMixer(cfg, name=f"block_{i}_lmu") for i in range(cfg.num_layers)]
-        self.ffns = [ConvFFN(cfg, name=f"block_{i}_ffn") for i in range(cfg.num_layers)]
+        # Blocks x = x + LMU(x); x = x + ConvFFN(x) (no norm around them: each mixer ends in its own).
+        block = functools.partial(Block, token_mixer=functools.partial(LMUMixer, cfg),
+                                  channel_mixer=functools.partial(ConvFFN, cfg), norm=None, token_mixer_name="lmu",
+                                  channel_mixer_name="ffn", dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+        self.blocks = Stack(block, cfg.num_layers, nest=False)
         self.head = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=cfg.compute_dtype,
                           param_dtype=cfg.params_dtype, name="head")
 
@@ -406,11 +382,7 @@ class LMUFormer(nn.Module):
     def features(self, batch, *, train: bool = False) -> jax.Array:
         """Per-step features [B, L, D], computed in parallel (FFT memory)."""
         x = self.embed(self.as_sequence(batch["inputs"]))
-        for mixer, ffn in zip(self.mixers, self.ffns):
-            x = x + mixer(x)
-            x = x + ffn(x, deterministic=not train)
-            x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
-        return x
+        return self.blocks(x, deterministic=not train)
 
     def __call__(self, batch, *, train: bool = False) -> jax.Array:
         logits = self.head(self.features(batch, train=train).mean(axis=1))
@@ -426,8 +398,9 @@ class LMUFormer(nn.Module):
     def init_state(self, batch_size: int) -> dict:
         cfg = self.config
         return {"embed": self.embed.init_state(batch_size),
-                "mixers": [m.init_state(batch_size) for m in self.mixers],
-                "ffns": [f.init_state(batch_size) for f in self.ffns],
+                "blocks": {f"block_{i}": {"lmu": LMUMixer.initial_state(cfg, batch_size),
+                                          "ffn": ConvFFN.initial_state(cfg, batch_size)}
+                           for i in range(cfg.num_layers)},
                 "sum": jnp.zeros((batch_size, cfg.embed_dim), jnp.float32),
                 "count": jnp.zeros((), jnp.float32)}
 
@@ -437,18 +410,10 @@ class LMUFormer(nn.Module):
         if x_t.ndim != 2 or x_t.shape[1] != cfg.step_features:
             raise ValueError(f"lmuformer: a step takes [batch, {cfg.step_features}], got {tuple(x_t.shape)}")
         embed_state, x = self.embed.step(state["embed"], x_t.astype(cfg.compute_dtype))
-        mixer_states, ffn_states = [], []
-        for mixer, ffn, ms, fs in zip(self.mixers, self.ffns, state["mixers"], state["ffns"]):
-            ms, y = mixer.step(ms, x)
-            x = x + y
-            fs, y = ffn.step(fs, x)
-            x = x + y
-            mixer_states.append(ms)
-            ffn_states.append(fs)
+        x, block_states = self.blocks(x, state=state["blocks"])
         total, count = state["sum"] + x.astype(jnp.float32), state["count"] + 1.0
         logits = self.head(total / count).astype(jnp.float32)
-        return {"embed": embed_state, "mixers": mixer_states, "ffns": ffn_states, "sum": total,
-                "count": count}, logits
+        return {"embed": embed_state, "blocks": block_states, "sum": total, "count": count}, logits
 
 
 register("lmuformer", LMUFormerConfig, LMUFormer)

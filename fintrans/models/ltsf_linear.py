@@ -20,31 +20,11 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fintrans import axes
-from fintrans.layers import Dense, param_with_axes
+from fintrans.layers import Dense, param_with_axes, series_decomp
 from fintrans.models import register
 from fintrans.models.config import ConfigError, ModelConfig, check_positive
-
-
-def moving_average(x: jax.Array, kernel_size: int) -> jax.Array:
-    """Mean over a centred window of odd `kernel_size` along axis 1 of [batch, length, channels],
-    the ends padded with copies of the first and last values (the authors' `moving_avg`)."""
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"moving_average: kernel_size={kernel_size} must be a positive odd integer")
-    pad = (kernel_size - 1) // 2
-    padded = jnp.concatenate([jnp.repeat(x[:, :1], pad, axis=1), x, jnp.repeat(x[:, -1:], pad, axis=1)], axis=1)
-    # A concrete (numpy) zero lets jax see the windowed sum and differentiate it under jit.
-    window_sum = jax.lax.reduce_window(padded, np.zeros((), padded.dtype), jax.lax.add, (1, kernel_size, 1),
-                                       (1, 1, 1), "VALID")
-    return window_sum / kernel_size
-
-
-def series_decomp(x: jax.Array, kernel_size: int) -> tuple[jax.Array, jax.Array]:
-    """(seasonal, trend) = (x - moving_average(x), moving_average(x))."""
-    trend = moving_average(x, kernel_size)
-    return x - trend, trend
 
 
 def _torch_linear_init(fan_in: int):

@@ -25,13 +25,14 @@ window; here the window is the next visit (its feature vector).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from fintrans import axes
-from fintrans.layers import Dense, LayerNorm, param_with_axes
+from fintrans.layers import Block, Dense, LayerNorm, Stack, param_with_axes
 from fintrans.models import register
 from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
 
@@ -80,22 +81,22 @@ class CausalTokenMixing(nn.Module):
         return jnp.einsum("ts,bsc->btc", w, x.astype(self.dtype)) + b.astype(self.dtype)[None, :, None]
 
 
-class SANSBlock(nn.Module):
+class CausalGatingUnit(nn.Module):
+    """The SANS block's token mixer: GELU(W_in·x) split into res and gate, gate <- causal token mixing of
+    LN(gate), out = W_out·(res ⊙ gate). The block around it adds the pre-norm, dropout and residual."""
     config: SANSformerConfig
 
     @nn.compact
-    def __call__(self, x, *, deterministic: bool):
+    def __call__(self, z, *, deterministic: bool = True):
         cfg = self.config
         dt, pdt = cfg.compute_dtype, cfg.params_dtype
-        z = LayerNorm(cfg.norm_epsilon, dtype=dt, param_dtype=pdt, name="norm")(x)
         z = jax.nn.gelu(Dense((2, cfg.hidden_dim), (axes.EMBED,), (None, axes.MLP), dtype=dt, param_dtype=pdt,
                               name="w_in")(z), approximate=False)
         res, gate = z[..., 0, :], z[..., 1, :]
         gate = LayerNorm(cfg.norm_epsilon, dtype=dt, param_dtype=pdt, name="gate_norm")(gate)
         gate = CausalTokenMixing(cfg.seq_len, dt, pdt, name="token_mixing")(gate)
         y = nn.with_logical_constraint(res * gate, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
-        y = Dense(cfg.embed_dim, (axes.MLP,), (axes.EMBED,), dtype=dt, param_dtype=pdt, name="w_out")(y)
-        return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        return Dense(cfg.embed_dim, (axes.MLP,), (axes.EMBED,), dtype=dt, param_dtype=pdt, name="w_out")(y)
 
 
 class SANSformer(nn.Module):
@@ -115,9 +116,11 @@ class SANSformer(nn.Module):
         x = Dense(cfg.embed_dim, (axes.CHANNELS,), (axes.EMBED,), dtype=dt, param_dtype=pdt,
                   name="visit_embed")(x.astype(dt))
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)
-        for i in range(cfg.num_layers):
-            x = SANSBlock(cfg, name=f"block_{i}")(x, deterministic=not train)
-            x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+        # Pre-norm blocks with the gating unit as token mixer and no channel mixer.
+        block = functools.partial(Block, token_mixer=functools.partial(CausalGatingUnit, cfg), norm="layernorm",
+                                  norm_epsilon=cfg.norm_epsilon, token_dropout_rate=cfg.dropout_rate,
+                                  token_mixer_name="gating", dtype=dt, param_dtype=pdt)
+        x = Stack(block, cfg.num_layers, name="blocks")(x, deterministic=not train)
         x = LayerNorm(cfg.norm_epsilon, dtype=dt, param_dtype=pdt, name="final_norm")(x)
         if cfg.mode == "gsp":
             out = Dense(cfg.num_features, (axes.EMBED,), (axes.CHANNELS,), dtype=dt, param_dtype=pdt,

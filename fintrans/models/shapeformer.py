@@ -41,11 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from fintrans import axes
-from fintrans.layers import MLP, Dense, LayerNorm, MultiHeadAttention, TransformerBlock, param_with_axes, pool
+from fintrans.layers import (MLP, Conv1D, Dense, LayerNorm, MultiHeadAttention, TransformerBlock, check_series_batch,
+                             param_with_axes, pool)
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.models import register
 from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
-from fintrans.models.t2 import check_series_batch
 
 CI_EPS = 1e-3
 
@@ -188,11 +188,9 @@ class ShapeFormer(nn.Module):
         b, t, c = x.shape
         k = cfg.conv_width
         # Conv2d(1 -> d, kernel [1, k], 'same') over time, shared by the channels: [B, T, C, d]
-        w1 = param_with_axes(self, "time_conv", nn.initializers.lecun_normal(), (k, d), (None, axes.EMBED), pdtype)
-        b1 = param_with_axes(self, "time_conv_bias", nn.initializers.zeros, (d,), (axes.EMBED,), pdtype)
-        left = (k - 1) // 2  # torch 'same' pads (k-1)//2 on the left
-        xp = jnp.pad(x, ((0, 0), (left, k - 1 - left), (0, 0)))
-        h = sum(xp[:, i:i + t, :, None] * w1[i].astype(dtype) for i in range(k)) + b1.astype(dtype)
+        per_channel = jnp.swapaxes(x, 1, 2).reshape(b * c, t, 1)
+        h = Conv1D(d, k, padding="same", in_axis=None, dtype=dtype, param_dtype=pdtype, name="time_conv")(per_channel)
+        h = jnp.swapaxes(h.reshape(b, c, t, d), 1, 2)
         h = nn.gelu(LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="time_norm")(h),
                     approximate=False)
         # Conv2d(d -> d, kernel [C, 1], 'valid') across the channels: [B, T, d]

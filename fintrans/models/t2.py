@@ -30,13 +30,14 @@ from the 'intermediates' collection: `model.apply(params, batch, mutable=['inter
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from fintrans import axes
-from fintrans.layers import Dense, TransformerBlock, param_with_axes, pool, sinusoidal_positions
+from fintrans.layers import Conv1D, Dense, Stack, TransformerBlock, check_series_batch, pool, sinusoidal_positions
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.models import register
 from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
@@ -69,41 +70,6 @@ class T2Config(AttentionConfig):
             raise ConfigError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
 
 
-def check_series_batch(name: str, batch, max_len: int, num_channels: int):
-    """(inputs, valid) of a classification batch of series; clear errors for bad shapes."""
-    x = batch["inputs"]
-    if x.ndim != 3 or x.shape[2] != num_channels or not 1 <= x.shape[1] <= max_len:
-        raise ValueError(f"{name}: inputs must be [batch, length <= max_len={max_len}, num_channels={num_channels}], "
-                         f"got {tuple(x.shape)}")
-    valid = batch.get("mask")
-    if valid is None:
-        valid = jnp.ones(x.shape[:2], bool)
-    elif tuple(valid.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"{name}: mask must be [batch, length] = {tuple(x.shape[:2])}, got {tuple(valid.shape)}")
-    return x, jnp.asarray(valid).astype(bool)
-
-
-class ConvEmbed1D(nn.Module):
-    """Conv1D over time, 'SAME' zero padding: [B, T, C] -> [B, T, features] (kernel [k, C, features])."""
-    features: int
-    kernel_size: int
-    dtype: object = jnp.float32
-    param_dtype: object = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        k, c = self.kernel_size, x.shape[-1]
-        kernel = param_with_axes(self, "kernel", nn.initializers.lecun_normal(), (k, c, self.features),
-                                 (None, axes.CHANNELS, axes.EMBED), self.param_dtype)
-        bias = param_with_axes(self, "bias", nn.initializers.zeros, (self.features,), (axes.EMBED,),
-                               self.param_dtype)
-        left = (k - 1) // 2
-        xp = jnp.pad(x.astype(self.dtype), ((0, 0), (left, k - 1 - left), (0, 0)))
-        t = x.shape[1]
-        y = sum(jnp.einsum("btc,cf->btf", xp[:, i:i + t], kernel[i].astype(self.dtype)) for i in range(k))
-        return y + bias.astype(self.dtype)
-
-
 class T2(nn.Module):
     """batch {'inputs': float[B, T, C], 'mask'?: bool[B, T]} -> logits float32[B, num_classes]."""
     config: T2Config
@@ -111,12 +77,14 @@ class T2(nn.Module):
     def setup(self):
         cfg = self.config
         dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
-        self.embed = ConvEmbed1D(cfg.embed_dim, cfg.conv_kernel_size, dtype=dtype, param_dtype=pdtype)
-        self.blocks = [TransformerBlock(
-            num_heads=cfg.num_heads, head_dim=cfg.embed_dim // cfg.num_heads, mlp_dim=cfg.mlp_dim,
+        # astronet's ConvEmbedding: Conv1D over time, 'same' zero padding (kernel [k, C, d]).
+        self.embed = Conv1D(cfg.embed_dim, cfg.conv_kernel_size, padding="same", dtype=dtype, param_dtype=pdtype)
+        block = functools.partial(
+            TransformerBlock, num_heads=cfg.num_heads, head_dim=cfg.embed_dim // cfg.num_heads, mlp_dim=cfg.mlp_dim,
             norm="layernorm", norm_position="post", norm_epsilon=cfg.norm_epsilon, activation=cfg.activation,
             use_bias=True, dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, dtype=dtype,
-            param_dtype=pdtype, name=f"block_{i}") for i in range(cfg.num_layers)]
+            param_dtype=pdtype)
+        self.blocks = Stack(block, cfg.num_layers, nest=False)
         self.pool_dropout = nn.Dropout(cfg.dropout_rate)
         self.head = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dtype, param_dtype=pdtype)
 
@@ -129,8 +97,7 @@ class T2(nn.Module):
         h = nn.relu(self.embed(x))
         h = h + jnp.asarray(sinusoidal_positions(x.shape[1], cfg.embed_dim), dtype)
         key_mask = valid[:, None, None, :]  # [B, 1, 1, T]: padded steps are never attended to
-        for block in self.blocks:
-            h = block(h, mask=key_mask, deterministic=not train)
+        h = self.blocks(h, mask=key_mask, deterministic=not train)
         return h, valid
 
     def class_activation_maps(self, batch, *, train: bool = False):

@@ -31,15 +31,15 @@ the flattened encoder output, as transformer_forecaster's default head.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from fintrans import axes
-from fintrans.layers import Dense, TransformerBlock, param_with_axes
+from fintrans.layers import NORM_POSITIONS, Dense, Stack, TransformerBlock, param_with_axes
 from fintrans.layers.mlp import ACTIVATIONS
-from fintrans.layers.transformer import NORM_POSITIONS
 from fintrans.models import register
 from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 
@@ -144,13 +144,12 @@ class Time2VecEncoder(nn.Module):
             h = Dense(cfg.embed_dim, (axes.CHANNELS,), (axes.EMBED,), dtype=dtype, param_dtype=pdtype,
                       name="input_embed")(h)
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        for i in range(cfg.num_layers):
-            h = TransformerBlock(
-                num_heads=cfg.num_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim, norm="layernorm",
-                norm_position=cfg.norm_position, norm_epsilon=cfg.norm_epsilon, activation=cfg.activation,
-                use_bias=True, dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, dtype=dtype,
-                param_dtype=pdtype, name=f"block_{i}",
-            )(h, deterministic=deterministic)
+        block = functools.partial(
+            TransformerBlock, num_heads=cfg.num_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim, norm="layernorm",
+            norm_position=cfg.norm_position, norm_epsilon=cfg.norm_epsilon, activation=cfg.activation,
+            use_bias=True, dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, dtype=dtype,
+            param_dtype=pdtype)
+        h = Stack(block, cfg.num_layers, nest=False, name="blocks")(h, deterministic=deterministic)
 
         if cfg.head == "flatten":
             y = Dense((cfg.horizon, cfg.num_channels), (axes.LENGTH, axes.EMBED), (axes.HORIZON, axes.CHANNELS),

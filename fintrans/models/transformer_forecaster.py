@@ -22,15 +22,15 @@ brief asks for and there are no calendar features, so inputs are just the lookba
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from fintrans import axes
-from fintrans.layers import Dense, LayerNorm, TransformerBlock, sinusoidal_positions
+from fintrans.layers import NORM_POSITIONS, Dense, LayerNorm, Stack, TransformerBlock, sinusoidal_positions
 from fintrans.layers.mlp import ACTIVATIONS
-from fintrans.layers.transformer import NORM_POSITIONS
 from fintrans.models import register
 from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 
@@ -85,13 +85,12 @@ class TransformerForecaster(nn.Module):
                   name="input_embed")(series.astype(dtype))
         x = x + jnp.asarray(sinusoidal_positions(cfg.input_len, cfg.embed_dim), dtype)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        for i in range(cfg.num_layers):
-            x = TransformerBlock(
-                num_heads=cfg.num_heads, head_dim=cfg.embed_dim // cfg.num_heads, mlp_dim=cfg.mlp_dim,
-                norm="layernorm", norm_position=cfg.norm_position, norm_epsilon=cfg.norm_epsilon,
-                activation=cfg.activation, use_bias=True, dropout_rate=cfg.dropout_rate,
-                attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=pdtype, name=f"block_{i}",
-            )(x, deterministic=deterministic)
+        block = functools.partial(
+            TransformerBlock, num_heads=cfg.num_heads, head_dim=cfg.embed_dim // cfg.num_heads, mlp_dim=cfg.mlp_dim,
+            norm="layernorm", norm_position=cfg.norm_position, norm_epsilon=cfg.norm_epsilon,
+            activation=cfg.activation, use_bias=True, dropout_rate=cfg.dropout_rate,
+            attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=pdtype)
+        x = Stack(block, cfg.num_layers, nest=False, name="blocks")(x, deterministic=deterministic)
         x = LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="final_norm")(x)
 
         if cfg.head == "flatten":

@@ -13,6 +13,7 @@ num_heads=12, mlp_dim=3072)`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping
 
 import flax.linen as nn
@@ -21,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fintrans import axes
-from fintrans.layers import Dense, LayerNorm, LearnedPositions, PatchEmbed2D, TransformerBlock, param_with_axes
+from fintrans.layers import (REMAT_POLICIES, Dense, LayerNorm, LearnedPositions, PatchEmbed2D, Stack, TransformerBlock,
+                             param_with_axes, stack_params)
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.models import register
 from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
@@ -44,6 +46,8 @@ class ViTConfig(AttentionConfig):
     norm_epsilon: float = 1e-6
     dropout_rate: float = 0.0
     pooling: str = "cls"
+    scan_layers: bool = False  # nn.scan over the blocks (parameters 'blocks/layers', stacked)
+    remat_policy: str = "none"  # fintrans.layers.REMAT_POLICIES
 
     def validate(self):
         for name in ("image_size", "patch_size", "num_channels", "num_classes", "embed_dim", "num_layers",
@@ -52,6 +56,8 @@ class ViTConfig(AttentionConfig):
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("pooling", self.pooling, POOLINGS)
         check_rate("dropout_rate", self.dropout_rate)
+        check_choice("scan_layers", self.scan_layers, (False, True))
+        check_choice("remat_policy", self.remat_policy, REMAT_POLICIES.names())
         if not isinstance(self.norm_epsilon, (int, float)) or self.norm_epsilon <= 0:
             raise ConfigError(f"norm_epsilon={self.norm_epsilon!r} must be a positive float")
         if self.image_size % self.patch_size:
@@ -92,13 +98,13 @@ class ViT(nn.Module):
         x = x + LearnedPositions(cfg.num_tokens, cfg.embed_dim, param_dtype=pdtype,
                                  name="position_embed")(cfg.num_tokens).astype(dtype)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        for i in range(cfg.num_layers):
-            x = TransformerBlock(
-                num_heads=cfg.num_heads, head_dim=cfg.embed_dim // cfg.num_heads, mlp_dim=cfg.mlp_dim,
-                norm="layernorm", norm_position="pre", norm_epsilon=cfg.norm_epsilon, activation=cfg.activation,
-                use_bias=True, dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, dtype=dtype,
-                param_dtype=pdtype, name=f"block_{i}",
-            )(x, deterministic=deterministic)
+        block = functools.partial(
+            TransformerBlock, num_heads=cfg.num_heads, head_dim=cfg.embed_dim // cfg.num_heads, mlp_dim=cfg.mlp_dim,
+            norm="layernorm", norm_position="pre", norm_epsilon=cfg.norm_epsilon, activation=cfg.activation,
+            use_bias=True, dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, dtype=dtype,
+            param_dtype=pdtype)
+        x = Stack(block, cfg.num_layers, mode="scan" if cfg.scan_layers else "unrolled", remat_policy=cfg.remat_policy,
+                  nest=False, name="blocks")(x, deterministic=deterministic)
         x = LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="final_norm")(x)
         pooled = x[:, 0] if cfg.pooling == "cls" else x.mean(axis=1)
         logits = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dtype, param_dtype=pdtype,
@@ -152,10 +158,11 @@ def params_from_transformers(state_dict: Mapping[str, np.ndarray], config: ViTCo
         "final_norm": norm("layernorm"),
         "head": dense(("classifier",)),
     }
+    blocks = []
     for i in range(config.num_layers):
         # transformers 5 names (first) and 4.x names (second).
         new, old = f"layers.{i}.", f"encoder.layer.{i}."
-        params[f"block_{i}"] = {
+        blocks.append({
             "attention": {
                 "query": dense((new + "attention.q_proj", old + "attention.attention.query"), (d,), (h, hd)),
                 "key": dense((new + "attention.k_proj", old + "attention.attention.key"), (d,), (h, hd)),
@@ -166,5 +173,6 @@ def params_from_transformers(state_dict: Mapping[str, np.ndarray], config: ViTCo
             "mlp": {"wi": dense((new + "mlp.fc1", old + "intermediate.dense")),
                     "wo": dense((new + "mlp.fc2", old + "output.dense"))},
             "mlp_norm": norm(new + "layernorm_after", old + "layernorm_after"),
-        }
+        })
+    params.update(stack_params(blocks, "scan" if config.scan_layers else "unrolled"))
     return jax.tree.map(jnp.asarray, params)

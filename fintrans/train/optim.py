@@ -9,6 +9,7 @@ import jax
 import optax
 
 from fintrans.models.config import ConfigError
+from fintrans.layers.stack import per_block_ndim
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -22,8 +23,9 @@ def learning_rate_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Sc
 
 
 def _decay_mask(params):
-    # No weight decay on biases and norm scales (rank-1 parameters), as is standard for transformers.
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+    # No weight decay on biases and norm scales (rank-1 parameters), as is standard for transformers;
+    # the rank within one block, so a scanned stack's [layers, features] biases are still excluded.
+    return jax.tree_util.tree_map_with_path(lambda path, p: per_block_ndim(path, p) > 1, params)
 
 
 def parse_trainable(spec: str) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from fintrans.models import bert
-from model_cases import BATCH, built, jit
+from model_cases import BATCH, built, config_of, jit
 
 NAME = "bert_classifier"
 
@@ -97,3 +97,10 @@ def test_parity_with_transformers_bert():
                  token_type_ids=torch.tensor(np.asarray(batch["token_type_ids"]), dtype=torch.long)).logits.numpy()
     assert np.abs(ref).max() > 0.1  # logits of a useful size
     np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
+
+    # The converter fills a scanned model too (blocks stacked on the 'layers' axis), remat on.
+    scan_cfg = config_of(NAME, scan_layers=True, remat_policy="full")
+    scanned = bert.params_from_transformers(state, scan_cfg)
+    assert scanned["layers"]["attention"]["query"]["kernel"].shape[0] == cfg.num_layers and "block_0" not in scanned
+    ours_scanned = jit(lambda p, x: bert.BertClassifier(scan_cfg).apply(p, x))({"params": scanned}, batch)
+    np.testing.assert_allclose(np.asarray(ours_scanned), ref, atol=1e-5, rtol=1e-5)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fintrans.layers import stack_params
 from fintrans.models import decoder_lm
 from model_cases import BATCH, built, config_of, jit
 
@@ -74,6 +75,24 @@ def test_greedy_generate_equals_argmax_of_full_forward_passes():
         logits = b.forward(b.params, {"inputs": jnp.asarray(expected)})
         expected[:, t] = np.argmax(np.asarray(logits[:, t - 1]), axis=-1)
     np.testing.assert_array_equal(out, expected)
+
+
+def test_scanned_model_generates_what_the_unrolled_one_does():
+    """scan_layers=True with the same weights (stacked on the layers axis): same ragged greedy generation,
+    the KV cache scanned along with the parameters."""
+    b = built(NAME)
+    cfg = config_of(NAME, scan_layers=True)
+    params = {k: v for k, v in b.params["params"].items() if not k.startswith("block_")}
+    params.update(stack_params([b.params["params"][f"block_{i}"] for i in range(cfg.num_layers)], "scan"))
+    shapes = jax.eval_shape(lambda: decoder_lm.DecoderLM(cfg).init(jax.random.PRNGKey(0), b.batch))
+    assert jax.tree.map(jnp.shape, nn.unbox(shapes)["params"]) == jax.tree.map(jnp.shape, params)
+    generate = jit(decoder_lm.generate, static_argnums=(0, 3), static_argnames=("temperature",))
+    prompt, lengths = jnp.asarray(b.batch["inputs"][:, :5]), jnp.array([5, 2, 4], jnp.int32)
+    unrolled = generate(b.config, b.params["params"], prompt, 4, jax.random.PRNGKey(0), prompt_lengths=lengths,
+                        temperature=0.0)
+    scanned = generate(cfg, params, prompt, 4, jax.random.PRNGKey(0), prompt_lengths=lengths, temperature=0.0)
+    np.testing.assert_array_equal(scanned, unrolled)
+    assert decoder_lm.init_cache(cfg, 2)["layers"]["attention"]["cached_key"].shape[0] == cfg.num_layers
 
 
 def test_generate_rejects_too_long_requests():

@@ -13,7 +13,7 @@ import torch
 from sktime.networks.ltsf.models.linear import LTSFDLinearNetwork, LTSFNLinearNetwork
 from sktime.networks.ltsf.utils.extras import SeriesDecomposer
 
-from fintrans.models import ltsf_linear
+from fintrans.layers import series
 from model_cases import BATCH, built, jit
 
 
@@ -28,21 +28,21 @@ def numpy_moving_average(x: np.ndarray, kernel_size: int) -> np.ndarray:
 @pytest.mark.parametrize("kernel_size,length", [(25, 30), (25, 10), (5, 30), (1, 7)])
 def test_moving_average_matches_replicate_padded_avg_pool(kernel_size, length):
     x = np.random.default_rng(0).normal(size=(2, length, 3)).astype(np.float32)
-    ours = ltsf_linear.moving_average(jnp.asarray(x), kernel_size)
+    ours = series.moving_average(jnp.asarray(x), kernel_size)
     chex.assert_shape(ours, x.shape)
     np.testing.assert_allclose(ours, numpy_moving_average(x.astype(np.float64), kernel_size), atol=1e-6)
 
 
 def test_constant_series_is_all_trend():
     x = jnp.broadcast_to(jnp.array([1.5, -2.0, 7.0]), (2, 30, 3))
-    seasonal, trend = ltsf_linear.series_decomp(x, 25)
+    seasonal, trend = series.series_decomp(x, 25)
     chex.assert_trees_all_close(trend, x, atol=1e-6)
     chex.assert_trees_all_close(seasonal, jnp.zeros_like(x), atol=1e-6)
 
 
 def test_moving_average_rejects_even_windows():
     with pytest.raises(ValueError, match="kernel_size=4"):
-        ltsf_linear.moving_average(jnp.zeros((1, 8, 1)), 4)
+        series.moving_average(jnp.zeros((1, 8, 1)), 4)
 
 
 @pytest.mark.parametrize("name", ["nlinear", "dlinear"])
@@ -120,7 +120,7 @@ def test_parity_with_sktime_ltsf_networks(name, individual):
 @pytest.mark.parametrize("kernel_size", [5, 25])
 def test_decomposition_parity_with_sktime(kernel_size):
     x = np.random.default_rng(1).normal(size=(2, 30, 3)).astype(np.float32)
-    seasonal, trend = ltsf_linear.series_decomp(jnp.asarray(x), kernel_size)
+    seasonal, trend = series.series_decomp(jnp.asarray(x), kernel_size)
     with torch.no_grad():
         ref_seasonal, ref_trend = SeriesDecomposer(kernel_size)._build()(torch.tensor(x))
     np.testing.assert_allclose(trend, ref_trend.numpy(), atol=1e-6)
