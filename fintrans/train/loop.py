@@ -257,10 +257,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer = ckpt.Checkpointer(t.workdir / "checkpoints", every=cfg.get("checkpoint_every", 0),
                                      keep=cfg.keep_checkpoints)
     train_it = iter(t.dataset.iterator("train", cfg.batch_size, shuffle=True, seed=cfg.seed))
-    start = checkpointer.latest_step()
+    start, restored = checkpointer.restore_latest(ckpt.abstract_like(state), train_it,
+                                                  on_unreadable=cfg.on_unreadable_checkpoint)
     results: dict[str, Any] = {"resumed_from": start}
     if start is not None:
-        state = checkpointer.restore(start, ckpt.abstract_like(state), train_it)
+        state = restored
         if t.is_main:
             metrics_lib.truncate_after(t.workdir, start)
         log.info("resumed from step %d in %s", start, checkpointer.directory)
