@@ -108,7 +108,11 @@ def _without_persistent_cache():
 
 def compile_for_topology(config, topology: str, num_slices: int = 1) -> tuple[CompileReport, Any, Any]:
     """AOT-compiles `config`'s init and train step; returns (report, compiled init, compiled step)."""
-    devices = topology_devices(topology, num_slices)
+    return compile_for_devices(config, topology_devices(topology, num_slices), topology, num_slices)
+
+
+def compile_for_devices(config, devices: list, topology: str, num_slices: int = 1) -> tuple[CompileReport, Any, Any]:
+    """compile_for_topology on any devices (a TPU topology's, or this machine's CPU devices)."""
     trainer = Trainer(config, None, devices=devices)
     example = trainer.example_batch()
     boxed_init = trainer.boxed_init_fn(example)

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fintrans import axes, data, models, parallel, tasks
+from fintrans.layers.dropout import per_shard_dropout
 from fintrans.models.config import ConfigError
 from fintrans.train import checkpoint as ckpt
 from fintrans.train import metrics as metrics_lib
@@ -154,6 +155,7 @@ class Trainer:
     def make_train_step(self, state_shardings):
         model, task, tx, lr, base_rng = self.model, self.task, self.tx, self.lr, self.base_rng
 
+        @per_shard_dropout()  # no device builds a global-size dropout mask (fintrans.layers.dropout)
         def train_step(state: TrainState, batch):
             dropout_rng = jax.random.fold_in(base_rng, state.step)
 
