@@ -191,3 +191,19 @@ def test_per_device_memory_and_flops_stay_flat_under_weak_scaling(aot_env):
     small, large = json.loads(proc.stdout.strip().splitlines()[-1])
     assert large["temp"] <= 1.02 * small["temp"], (small, large)
     assert large["flops"] <= 1.02 * small["flops"], (small, large)
+
+
+@pytest.mark.parametrize("size, low, high", [("125M", 100e6, 150e6), ("1B", 0.9e9, 1.1e9)])
+def test_aot_table_sizes_have_the_parameters_they_claim(size, low, high):
+    """experiments.aot_table's parameter count (which its model FLOPs use) is the model's own."""
+    from experiments import aot_table
+    from fintrans.train import build_model
+
+    row = next(r for r in aot_table.rows() if r.group == "sizes" and r.name == size and not r.scan)
+    config = aot_table.config_for(row)
+    model, _ = build_model(config, {"vocab_size": config.model.vocab_size})
+    tokens = jax.ShapeDtypeStruct((1, config.data.seq_len), jax.numpy.int32)
+    shapes = jax.eval_shape(lambda t: model.init(jax.random.key(0), {"inputs": t}), tokens)["params"]
+    actual = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+    assert aot_table.parameter_count(config) == actual
+    assert low < actual < high, actual
