@@ -172,18 +172,34 @@ def run_row(row: Row) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         with vocab_stand_in(c.model.vocab_size), global_dropout_bits(row.global_dropout_bits):
-            report, _, step = aot.compile_for_topology(c, row.topology)
+            report, _, _ = aot.compile_for_topology(c, row.topology)
     except (ConfigError, ShardingError) as e:  # a row the mesh cannot take is a result, not a crash
         return {**out, "status": f"rejected: {e}"}
     seconds = time.perf_counter() - start
-    hlo = step.as_text()
     return {**out, "status": "compiled", "compile_seconds": seconds, "report": dataclasses.asdict(report),
             "model_flops_per_device": model_flops_per_device(c, report.num_devices),
-            "while_loops": hlo.count(" while("), "rng_bit_generators": hlo.count("rng-bit-generator(")}
+            "while_loops": report.while_loops}
 
 
 def _gib(b) -> str:
     return f"{b / GiB:.3f}"
+
+
+def _weak_scaling_summary(rows_: list[dict]) -> list[str]:
+    """One sentence per variant: how per-device temporaries and FLOPs change from the smaller mesh."""
+    out = []
+    for name in dict.fromkeys(r["name"] for r in rows_):
+        done = [r for r in rows_ if r["name"] == name and r["status"] == "compiled"]
+        if len(done) < 2:
+            continue
+        a, b = done[0], done[-1]
+        temp = [r["report"]["per_device"]["temp"] for r in (a, b)]
+        flops = [r["report"]["flops_per_device"] for r in (a, b)]
+        out.append(f"- {name}: {a['topology']} -> {b['topology']}: temporaries x{temp[1] / temp[0]:.2f} "
+                   f"({_gib(temp[0])} -> {_gib(temp[1])} GiB), XLA FLOPs x{flops[1] / flops[0]:.2f}, model FLOPs "
+                   f"x{b['model_flops_per_device'] / a['model_flops_per_device']:.2f}; while loops "
+                   f"{a['while_loops']} -> {b['while_loops']}.")
+    return out + [""] if out else []
 
 
 def markdown(results: list[dict], machine: str) -> str:
@@ -198,8 +214,8 @@ def markdown(results: list[dict], machine: str) -> str:
               "weak": "## Weak scaling: lm_chars as a new user runs it (rbg keys, dropout 0.1), 4 sequences per "
                       "batch shard",
               "depth": "## Compile time against depth (width 512, v5e:4x4)"}
-    header = ("| model | params | topology | layers | batch | mesh (data x fsdp x tensor) | compile s | arguments GiB | "
-              "temporaries GiB | peak GiB / HBM | fits | XLA FLOPs | model FLOPs | loops |")
+    header = ("| model | params | topology | layers | batch | mesh (data x fsdp x tensor) | compile s | "
+              "arguments GiB | temporaries GiB | peak GiB / HBM | fits | XLA FLOPs | model FLOPs | loops |")
     for group, title in groups.items():
         chosen = [r for r in results if r["group"] == group]
         if not chosen:
@@ -219,6 +235,8 @@ def markdown(results: list[dict], machine: str) -> str:
                 f"{_gib(rep['peak_bytes'])} / {_gib(rep['hbm_bytes'])} | {'yes' if rep['fits'] else 'NO'} | "
                 f"{rep['flops_per_device']:.3g} | {r['model_flops_per_device']:.3g} | {r['while_loops']} |")
         lines.append("")
+        if group == "weak":
+            lines += _weak_scaling_summary(chosen)
     ran = {r["key"] for r in results}
     missing = [row.key for row in rows() if row.key not in ran]
     if missing:
