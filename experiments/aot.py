@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import time
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -53,6 +54,7 @@ class CompileReport:
     # XLA's cost analysis counts a while loop's body once, so with loops in the step (scanned layers,
     # collective matmuls overlapping FSDP's all-gathers) flops_per_device is a lower bound.
     while_loops: int = 0
+    step_compile_seconds: float = 0.0  # lowering and compiling the train step alone
 
     def table(self) -> str:
         gib = lambda b: f"{b / GiB:8.3f} GiB"
@@ -133,7 +135,9 @@ def compile_for_devices(config, devices: list, topology: str, num_slices: int = 
                                       _strip_boxes(abstract_boxed), shardings)
         batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype, sharding=trainer.batch_sharding)
                  for k, v in example.items()}
+        start = time.perf_counter()
         step = trainer.make_train_step(shardings).lower(abstract_state, batch).compile()
+        step_seconds = time.perf_counter() - start
     mem, init_mem, cost = _memory(step), _memory(init), _cost(step)
     prefix = topology.split(":")[0]
     hbm = HBM_BYTES.get(prefix)
@@ -143,7 +147,8 @@ def compile_for_devices(config, devices: list, topology: str, num_slices: int = 
         mesh=dict(zip(mesh.axis_names, (int(s) for s in mesh.devices.shape))), per_device=mem,
         init_per_device=init_mem, flops_per_device=float(cost.get("flops", np.nan)),
         bytes_accessed_per_device=float(cost.get("bytes accessed", np.nan)), hbm_bytes=hbm, peak_bytes=peak,
-        fits=None if hbm is None else peak <= hbm, while_loops=step.as_text().count(" while("))
+        fits=None if hbm is None else peak <= hbm, while_loops=step.as_text().count(" while("),
+        step_compile_seconds=step_seconds)
     return report, init, step
 
 
