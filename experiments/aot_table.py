@@ -195,8 +195,10 @@ def _weak_scaling_summary(rows_: list[dict]) -> list[str]:
         a, b = done[0], done[-1]
         temp = [r["report"]["per_device"]["temp"] for r in (a, b)]
         flops = [r["report"]["flops_per_device"] for r in (a, b)]
+        accessed = [r["report"]["bytes_accessed_per_device"] for r in (a, b)]
         out.append(f"- {name}: {a['topology']} -> {b['topology']}: temporaries x{temp[1] / temp[0]:.2f} "
-                   f"({_gib(temp[0])} -> {_gib(temp[1])} GiB), XLA FLOPs x{flops[1] / flops[0]:.2f}, model FLOPs "
+                   f"({_gib(temp[0])} -> {_gib(temp[1])} GiB), bytes accessed x{accessed[1] / accessed[0]:.2f}, "
+                   f"XLA FLOPs x{flops[1] / flops[0]:.2f}, model FLOPs "
                    f"x{b['model_flops_per_device'] / a['model_flops_per_device']:.2f}; while loops "
                    f"{a['while_loops']} -> {b['while_loops']}.")
     return out + [""] if out else []
@@ -213,7 +215,10 @@ def markdown(results: list[dict], machine: str) -> str:
              "makes at fsdp 16) under-report (see the loops column).", ""]
     groups = {"sizes": "## Sizes (4 sequences per batch shard; fsdp x tensor 4, runlocal data parallel)",
               "weak": "## Weak scaling: lm_chars as a new user runs it (rbg keys, dropout 0.1), 4 sequences per "
-                      "batch shard",
+                      "batch shard\n\nThe '(before)' rows draw every dropout mask whole on each device, as the "
+                      "trainer did before fintrans.layers.dropout drew rbg bits per shard. XLA's FLOPs grow with "
+                      "the mesh only because at fsdp 16 the compiler's collective matmuls are loops it counts "
+                      "once; the model FLOPs per device are the same.",
               "depth": "## Compile time against depth (width 512, v5e:4x4)"}
     header = ("| model | params | topology | layers | batch | mesh (data x fsdp x tensor) | step compile s | "
               "arguments GiB | temporaries GiB | peak GiB / HBM | fits | XLA FLOPs | model FLOPs | loops |")
