@@ -108,7 +108,7 @@ def config_for(row: Row):
         c.mesh.data, c.mesh.fsdp, c.mesh.tensor = devices, 1, 1
     else:
         c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, devices // TENSOR, TENSOR
-    c.batch_size = PER_SHARD * c.mesh.data * c.mesh.fsdp
+    c.batch_size = c.eval_batch_size = PER_SHARD * c.mesh.data * c.mesh.fsdp
     return c
 
 
@@ -231,12 +231,12 @@ def markdown(results: list[dict], machine: str) -> str:
             layers = "scanned" if r["scan"] else "unrolled"
             mesh = " x ".join(str(r["mesh"].get(a, 1)) for a in ("data", "fsdp", "tensor"))
             if r["status"] != "compiled":
-                lines.append(f"| {r['name']} | {r['params'] / 1e6:.0f}M | {r['topology']} | {layers} | "
+                lines.append(f"| {r['name']} | {r['params'] / 1e6:.1f}M | {r['topology']} | {layers} | "
                              f"{r['batch_size']} | {mesh} | {r['status']} |||||||")
                 continue
             rep, mem = r["report"], r["report"]["per_device"]
             lines.append(
-                f"| {r['name']} | {r['params'] / 1e6:.0f}M | {r['topology']} | {layers} | {r['batch_size']} | {mesh} | "
+                f"| {r['name']} | {r['params'] / 1e6:.1f}M | {r['topology']} | {layers} | {r['batch_size']} | {mesh} | "
                 f"{rep.get('step_compile_seconds') or r['compile_seconds']:.0f} | {_gib(mem['argument'])} | {_gib(mem['temp'])} | "
                 f"{_gib(rep['peak_bytes'])} / {_gib(rep['hbm_bytes'])} | {'yes' if rep['fits'] else 'NO'} | "
                 f"{rep['flops_per_device']:.3g} | {r['model_flops_per_device']:.3g} | {r['while_loops']} |")
