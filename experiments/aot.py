@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import time
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -50,6 +51,10 @@ class CompileReport:
     hbm_bytes: Optional[int]
     peak_bytes: int
     fits: Optional[bool]
+    # XLA's cost analysis counts a while loop's body once, so with loops in the step (scanned layers,
+    # collective matmuls overlapping FSDP's all-gathers) flops_per_device is a lower bound.
+    while_loops: int = 0
+    step_compile_seconds: float = 0.0  # lowering and compiling the train step alone
 
     def table(self) -> str:
         gib = lambda b: f"{b / GiB:8.3f} GiB"
@@ -60,7 +65,9 @@ class CompileReport:
             f"temporaries {gib(self.per_device['temp'])}, code {gib(self.per_device['generated_code'])}",
             f"  init, per device: outputs {gib(self.init_per_device['output'])}, temporaries "
             f"{gib(self.init_per_device['temp'])}",
-            f"  FLOPs per device per step {self.flops_per_device:.4g}; bytes accessed {self.bytes_accessed_per_device:.4g}",
+            f"  FLOPs per device per step {self.flops_per_device:.4g}; bytes accessed {self.bytes_accessed_per_device:.4g}"
+            + (f" (lower bounds: XLA counts each of the step's {self.while_loops} while loops once)"
+               if self.while_loops else ""),
         ]
         if self.hbm_bytes:
             verdict = "fits" if self.fits else "DOES NOT FIT"
@@ -108,7 +115,11 @@ def _without_persistent_cache():
 
 def compile_for_topology(config, topology: str, num_slices: int = 1) -> tuple[CompileReport, Any, Any]:
     """AOT-compiles `config`'s init and train step; returns (report, compiled init, compiled step)."""
-    devices = topology_devices(topology, num_slices)
+    return compile_for_devices(config, topology_devices(topology, num_slices), topology, num_slices)
+
+
+def compile_for_devices(config, devices: list, topology: str, num_slices: int = 1) -> tuple[CompileReport, Any, Any]:
+    """compile_for_topology on any devices (a TPU topology's, or this machine's CPU devices)."""
     trainer = Trainer(config, None, devices=devices)
     example = trainer.example_batch()
     boxed_init = trainer.boxed_init_fn(example)
@@ -124,7 +135,9 @@ def compile_for_topology(config, topology: str, num_slices: int = 1) -> tuple[Co
                                       _strip_boxes(abstract_boxed), shardings)
         batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype, sharding=trainer.batch_sharding)
                  for k, v in example.items()}
+        start = time.perf_counter()
         step = trainer.make_train_step(shardings).lower(abstract_state, batch).compile()
+        step_seconds = time.perf_counter() - start
     mem, init_mem, cost = _memory(step), _memory(init), _cost(step)
     prefix = topology.split(":")[0]
     hbm = HBM_BYTES.get(prefix)
@@ -134,7 +147,8 @@ def compile_for_topology(config, topology: str, num_slices: int = 1) -> tuple[Co
         mesh=dict(zip(mesh.axis_names, (int(s) for s in mesh.devices.shape))), per_device=mem,
         init_per_device=init_mem, flops_per_device=float(cost.get("flops", np.nan)),
         bytes_accessed_per_device=float(cost.get("bytes accessed", np.nan)), hbm_bytes=hbm, peak_bytes=peak,
-        fits=None if hbm is None else peak <= hbm)
+        fits=None if hbm is None else peak <= hbm, while_loops=step.as_text().count(" while("),
+        step_compile_seconds=step_seconds)
     return report, init, step
 
 

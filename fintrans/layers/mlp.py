@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from fintrans import axes
 from fintrans.layers.dense import Dense
+from fintrans.layers.dropout import Dropout
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -47,5 +48,6 @@ class MLP(nn.Module):
         else:
             h = act(h)
         h = nn.with_logical_constraint(h, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
-        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        h = Dropout(self.dropout_rate, axes=(axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))(
+            h, deterministic=deterministic)
         return dense(self.out_dim or x.shape[-1], (axes.MLP,), (axes.EMBED,), "wo")(h)

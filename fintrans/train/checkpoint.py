@@ -2,11 +2,15 @@
 (`BestParams`), and reading another run's parameters to start from (`read_params`, `transfer_params`).
 
 Orbax writes each step into a temporary directory and renames it when complete, so a crash
-mid-save never leaves a partial checkpoint as the latest: a checkpoint is whole or absent.
+mid-save never leaves a partial checkpoint as the latest: a checkpoint is whole or absent. A whole
+checkpoint can still be damaged later (bit rot, a file truncated by a full disk or a copy cut short):
+`Checkpointer.restore_latest` names it (`CheckpointUnreadableError`) and can fall back to an older one.
 """
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +18,20 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger("fintrans.train")
+
+ON_UNREADABLE = ("fallback", "stop")
+
+
+class CheckpointUnreadableError(RuntimeError):
+    """A checkpoint that exists cannot be restored (a damaged, truncated or missing file).
+
+    `step` is the unreadable checkpoint, `older_steps` the checkpoints older than it (newest first)."""
+
+    def __init__(self, message: str, *, step: int, older_steps: list[int], directory: Path):
+        super().__init__(message)
+        self.step, self.older_steps, self.directory = step, older_steps, directory
 
 
 class Checkpointer:
@@ -44,12 +62,82 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iterator)))
         return restored["state"]
 
+    def restore_latest(self, abstract_state: Any, data_iterator: Any, *,
+                       on_unreadable: str = "fallback") -> tuple[Optional[int], Any]:
+        """(step, state) of the newest checkpoint that restores (the iterator restored in place), or
+        (None, None) when there is no checkpoint.
+
+        A checkpoint that fails to restore is, with on_unreadable='stop', a CheckpointUnreadableError
+        naming it, why, and the older checkpoints. With 'fallback' each unreadable one is logged as a
+        warning and the next older one tried; once one restores, the unreadable newer ones are renamed
+        to '<step>.unreadable' (kept for inspection, and out of the way of the steps this run saves
+        again). If none restores, the error lists them all and nothing is renamed: when every
+        checkpoint fails, the config more likely no longer matches them than they are all damaged."""
+        if on_unreadable not in ON_UNREADABLE:
+            raise ValueError(f"on_unreadable={on_unreadable!r}; choose from {ON_UNREADABLE}")
+        steps = sorted(self.all_steps(), reverse=True)
+        unreadable: list[tuple[int, str]] = []
+        for i, step in enumerate(steps):
+            try:
+                state = self.restore(step, abstract_state, data_iterator)
+            except Exception as e:  # orbax wraps TensorStore's errors in a bare Exception
+                reason, older = _root_cause(e), steps[i + 1:]
+                if on_unreadable == "stop":
+                    raise CheckpointUnreadableError(
+                        f"checkpoint step {step} in {self.directory} cannot be read: {reason}. "
+                        + (f"Older checkpoints: steps {older}. Set config.on_unreadable_checkpoint='fallback' to "
+                           f"resume from the newest of them that reads" if older else
+                           "There is no older checkpoint")
+                        + f", or move {self.directory / str(step)} away to make the run ignore it.",
+                        step=step, older_steps=older, directory=self.directory) from e
+                log.warning("checkpoint step %d in %s cannot be read (%s); trying the older ones: %s",
+                            step, self.directory, reason, older)
+                unreadable.append((step, reason))
+                continue
+            if unreadable:
+                moved = self._set_aside([s for s, _ in unreadable])
+                log.warning("RESUMING FROM STEP %d, NOT FROM THE LATEST CHECKPOINT %d, which cannot be read (%s); "
+                            "the unreadable checkpoint(s) were moved to %s", step, unreadable[0][0],
+                            unreadable[0][1], [str(m) for m in moved])
+            return step, state
+        if unreadable:
+            listed = "; ".join(f"step {s}: {r}" for s, r in unreadable)
+            raise CheckpointUnreadableError(
+                f"no checkpoint in {self.directory} can be read ({listed}). If they all fail the same way, the "
+                f"config probably no longer matches the run that wrote them; otherwise move them away to start "
+                f"afresh.", step=unreadable[0][0], older_steps=[s for s, _ in unreadable[1:]],
+                directory=self.directory)
+        return None, None
+
+    def _set_aside(self, steps: list[int]) -> list[Path]:
+        """Renames each step's directory to '<step>.unreadable[-<time>]' (which orbax does not list)."""
+        moved = []
+        for step in steps:
+            source, target = self.directory / str(step), self.directory / f"{step}.unreadable"
+            if target.exists():
+                target = self.directory / f"{step}.unreadable-{time.time_ns()}"
+            if jax.process_index() == 0:
+                source.rename(target)
+            moved.append(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("fintrans_checkpoint_set_aside")
+        self._manager.reload()
+        return moved
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost chained error (TensorStore's OUT_OF_RANGE / DATA_LOSS message)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def abstract_like(state: Any) -> Any:

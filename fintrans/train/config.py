@@ -12,6 +12,7 @@ import ml_collections
 
 from fintrans import models
 from fintrans.models.config import DTYPES, ConfigError
+from fintrans.train.checkpoint import ON_UNREADABLE
 
 RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
@@ -57,6 +58,12 @@ def default_config() -> ml_collections.ConfigDict:
     # > 0: keep an exponential moving average of the parameters (ema <- d·ema + (1-d)·params after each
     # step, starting from the initial parameters); evaluation, best_metric's params and result['params'] use it.
     c.ema_decay = 0.0
+    # A checkpoint that cannot be read (a truncated or damaged file): 'fallback' resumes from the newest
+    # older one that reads, with a warning naming both, and moves the damaged one aside; 'stop' raises
+    # CheckpointUnreadableError naming it and the older ones. 'fallback' by default: a preempted job
+    # restarted unattended loses only the steps since that older checkpoint instead of idling until
+    # someone reads the error.
+    c.on_unreadable_checkpoint = "fallback"
     c.max_steps_per_run = 0  # >0: stop (with a checkpoint) after this many steps, e.g. for job time limits
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn=ml_collections.ConfigDict(dict(data=1))))
     c.sharding_rules = ml_collections.ConfigDict()  # logical axis -> mesh axis overrides
@@ -96,6 +103,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             raise ConfigError(f"config.{key}={value!r} must be a positive integer")
     if config.get("rng_impl", ref.rng_impl) not in RNG_IMPLS:
         raise ConfigError(f"config.rng_impl={config.rng_impl!r}; choose from {RNG_IMPLS}")
+    if config.get("on_unreadable_checkpoint", ref.on_unreadable_checkpoint) not in ON_UNREADABLE:
+        raise ConfigError(f"config.on_unreadable_checkpoint={config.on_unreadable_checkpoint!r}; choose from "
+                          f"{ON_UNREADABLE}")
     if config.get("best_mode", ref.best_mode) not in ("min", "max"):
         raise ConfigError(f"config.best_mode={config.best_mode!r}; choose 'min' or 'max'")
     if config.get("init_from_keep_fresh") and not config.get("init_from"):

@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from fintrans import axes, data, models, parallel, tasks
+from fintrans.layers.dropout import per_shard_dropout
 from fintrans.models.config import ConfigError
 from fintrans.train import checkpoint as ckpt
 from fintrans.train import metrics as metrics_lib
@@ -244,6 +245,7 @@ class Trainer:
         model, task, tx, lr, base_rng = self.model, self.task, self.tx, self.lr, self.base_rng
         trainable, ema_decay = self.trainable, self.ema_decay
 
+        @per_shard_dropout()  # no device builds a global-size dropout mask (fintrans.layers.dropout)
         def train_step(state: TrainState, batch):
             dropout_rng = jax.random.fold_in(base_rng, state.step)
 
@@ -403,10 +405,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer = ckpt.Checkpointer(t.workdir / "checkpoints", every=cfg.get("checkpoint_every", 0),
                                      keep=cfg.keep_checkpoints)
     train_it = iter(t.dataset.iterator("train", cfg.batch_size, shuffle=True, seed=cfg.seed))
-    start = checkpointer.latest_step()
+    start, restored = checkpointer.restore_latest(ckpt.abstract_like(state), train_it,
+                                                  on_unreadable=cfg.on_unreadable_checkpoint)
     results: dict[str, Any] = {"resumed_from": start}
     if start is not None:
-        state = checkpointer.restore(start, ckpt.abstract_like(state), train_it)
+        state = restored
         if t.is_main:
             metrics_lib.truncate_after(t.workdir, start)
         log.info("resumed from step %d in %s", start, checkpointer.directory)

@@ -178,3 +178,32 @@ def test_lm_with_pallas_attention_runs_the_kernel_per_shard(aot_env):
     heads = {int(h) for _, h in first_results}
     assert {int(b) for b, _ in first_results} == {config.batch_size // 2}
     assert heads <= {config.model.num_heads // 2, config.model.num_kv_heads // 2}, heads
+
+
+def test_per_device_memory_and_flops_stay_flat_under_weak_scaling(aot_env):
+    """The same sequences per batch shard on 2 and 8 (CPU) devices, with dropout and 'rbg' keys, whose
+    RngBitGenerator XLA cannot partition: before fintrans.layers.dropout every device drew the whole
+    global mask (temporaries 1.6x and FLOPs 1.3x larger on 8 devices than on 2)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "tests.experiments.weak_scaling_compile", "rbg", "1", "2", "8"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    small, large = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert large["temp"] <= 1.02 * small["temp"], (small, large)
+    assert large["flops"] <= 1.02 * small["flops"], (small, large)
+
+
+@pytest.mark.parametrize("size, low, high", [("125M", 100e6, 150e6), ("1B", 0.9e9, 1.1e9)])
+def test_aot_table_sizes_have_the_parameters_they_claim(size, low, high):
+    """experiments.aot_table's parameter count (which its model FLOPs use) is the model's own."""
+    from experiments import aot_table
+    from fintrans.train import build_model
+
+    row = next(r for r in aot_table.rows() if r.group == "sizes" and r.name == size and not r.scan)
+    config = aot_table.config_for(row)
+    model, _ = build_model(config, {"vocab_size": config.model.vocab_size})
+    tokens = jax.ShapeDtypeStruct((1, config.data.seq_len), jax.numpy.int32)
+    shapes = jax.eval_shape(lambda t: model.init(jax.random.key(0), {"inputs": t}), tokens)["params"]
+    actual = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+    assert aot_table.parameter_count(config) == actual
+    assert low < actual < high, actual
