@@ -27,8 +27,8 @@ OUTPUT = flags.DEFINE_string("output", "", "also write the table (markdown) to t
 
 # (config name, dataset) -> published test accuracy, with its source; "unknown" where we could not read one.
 PUBLISHED = {
-    ("t2_uea", "basic_motions"): "unknown (PAPERS.md gives PLAsTiCC figures only)",
-    ("t2_uea", "japanese_vowels"): "unknown (PAPERS.md gives PLAsTiCC figures only)",
+    ("t2_uea", "basic_motions"): "unknown (the t2 paper reports PLAsTiCC only)",
+    ("t2_uea", "japanese_vowels"): "unknown (the t2 paper reports PLAsTiCC only)",
     ("shapeformer_uea", "basic_motions"): "unknown (paper table not available offline)",
     ("shapeformer_uea", "japanese_vowels"): "unknown (paper table not available offline)",
 }

@@ -1,4 +1,4 @@
-r"""Autoformer (shared/PAPERS.md row 26) on real S&P 500 daily prices (arch's sp500): the same
+r"""Autoformer (docs/papers.md) on real S&P 500 daily prices (arch's sp500): the same
 normalised windows and chronological 70/10/20 split as experiments/configs/ltsf_sp500.py, so its
 eval MSE compares directly with DLinear, NLinear and the transformer baseline there.
 

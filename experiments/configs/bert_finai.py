@@ -1,4 +1,4 @@
-r"""FinAI-BERT (shared/PAPERS.md row 2): BERT encoder, [CLS] -> linear, sentence-level detection of
+r"""FinAI-BERT (docs/papers.md): BERT encoder, [CLS] -> linear, sentence-level detection of
 AI disclosures, on the synthetic bank-report sentences of fintrans.data (`finai_sentences`).
 
 Launch (CPU, under a minute):

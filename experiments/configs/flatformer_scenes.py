@@ -1,4 +1,4 @@
-r"""FlatFormer (shared/PAPERS.md row 10) segmenting the points of synthetic 3D scenes
+r"""FlatFormer (docs/papers.md) segmenting the points of synthetic 3D scenes
 (fintrans.data synthetic_scenes: ground, boxes, cylinders, spheres and walls; 10k-30k points per
 scene on a 128x128 bird's-eye grid of 0.25 m pillars), per-point accuracy and mean IoU.
 

@@ -1,7 +1,7 @@
 r"""The forecasting comparison (experiments/forecasting_table.py, experiments/results/forecasting.md): every
 forecaster of the paper list on the same data, windows and training budget, so their errors compare.
 
-Models: dlinear, nlinear (LTSF-Linear, shared/PAPERS.md row 18), transformer_forecaster (the vanilla
+Models: dlinear, nlinear (LTSF-Linear, docs/papers.md), transformer_forecaster (the vanilla
 encoder baseline of that paper), autoformer (row 26), itransformer (row 31), time2vec_encoder (row 27, as
 its paper: price levels in, no normalisation) and time2vec_last (the same with NLinear's last-value
 subtraction; not in the paper). Data: `stocks` (six daily closes, all kept as channels and targets),

@@ -1,4 +1,4 @@
-r"""iTransformer (shared/PAPERS.md row 38) on real S&P 500 daily prices (arch's sp500): the same
+r"""iTransformer (docs/papers.md) on real S&P 500 daily prices (arch's sp500): the same
 normalised windows and chronological 70/10/20 split as experiments/configs/ltsf_sp500.py, so its
 eval MSE compares directly with DLinear, NLinear and the transformer baseline there. The six price
 and volume series are the variate tokens.

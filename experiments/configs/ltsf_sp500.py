@@ -1,4 +1,4 @@
-r"""LTSF-Linear's comparison (shared/PAPERS.md row 18) on real S&P 500 daily prices (arch's sp500):
+r"""LTSF-Linear's comparison (docs/papers.md) on real S&P 500 daily prices (arch's sp500):
 DLinear, NLinear and a vanilla transformer encoder forecaster, on the same normalised windows
 with the paper's chronological 70/10/20 split.
 

@@ -1,4 +1,4 @@
-r"""ShapeFormer (shared/PAPERS.md row 31) on UEA multivariate classification sets: basic_motions
+r"""ShapeFormer (docs/papers.md) on UEA multivariate classification sets: basic_motions
 (default) or japanese_vowels.
 
 Shapelets are a fitted artefact of the data, not of this file: config.data.shapelets = {"per_class",

@@ -1,4 +1,4 @@
-r"""t2 (time-series transformer for photometric classification, shared/PAPERS.md row 17) on UEA
+r"""t2 (time-series transformer for photometric classification, docs/papers.md) on UEA
 multivariate classification sets: basic_motions (default) or japanese_vowels.
 
 The datasets' `train` split is 80% of the official TRAIN file (the other 20% is `validation`, what the

@@ -1,4 +1,4 @@
-r"""Transformer encoder with multi-feature Time2Vec (shared/PAPERS.md row 27) forecasting daily stock closes
+r"""Transformer encoder with multi-feature Time2Vec (docs/papers.md) forecasting daily stock closes
 (the `stocks` dataset: AAPL, GOOG, IBM, MSFT, S&P 500, NASDAQ, 2004-2013), with the paper's correlation
 feature selection: the target (AAPL by default) plus the channels whose train-split price correlation
 with it reaches min_corr_pct percent. Chronological 70/10/20 split, train-only standardisation.

@@ -1,5 +1,5 @@
 """Correlation feature selection (Bui et al., 2025, "Transformer Encoder and Multi-features Time2Vec for
-Financial Prediction", shared/PAPERS.md row 27): forecast a target stock from the peers whose series
+Financial Prediction", docs/papers.md): forecast a target stock from the peers whose series
 correlate with it, chosen on the TRAINING split only so that nothing about later prices leaks into the
 choice of inputs.
 

@@ -1,5 +1,5 @@
 """Transformer encoder with multi-feature Time2Vec for financial prediction (Bui, Chien, Kovács and Bognár,
-2025, arXiv 2504.13801; shared/PAPERS.md row 27). No code was released; this follows the paper's
+2025, arXiv 2504.13801; docs/papers.md). No code was released; this follows the paper's
 description (Time2Vec in place of positional encoding -> encoder -> pooling -> price regression) and, where
 it leaves details open, the widely used Keras Time2Vec stock transformer (our reading, not the authors').
 
