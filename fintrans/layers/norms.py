@@ -11,6 +11,15 @@ from fintrans import axes
 from fintrans.layers.dense import param_with_axes
 
 
+def _scale_and_shift(module: nn.Module, y: jax.Array, features: int) -> jax.Array:
+    """y · scale + bias with the module's optional, NORM-annotated (never sharded) parameters."""
+    if module.use_scale:
+        y = y * param_with_axes(module, "scale", nn.initializers.ones, (features,), (axes.NORM,), module.param_dtype)
+    if module.use_bias:
+        y = y + param_with_axes(module, "bias", nn.initializers.zeros, (features,), (axes.NORM,), module.param_dtype)
+    return y
+
+
 class LayerNorm(nn.Module):
     """(x - mean) / sqrt(var + eps) · scale + bias, statistics in float32."""
     epsilon: float = 1e-6
@@ -26,11 +35,7 @@ class LayerNorm(nn.Module):
         mean = xf.mean(-1, keepdims=True)
         var = jnp.square(xf - mean).mean(-1, keepdims=True)
         y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
-        if self.use_scale:
-            y = y * param_with_axes(self, "scale", nn.initializers.ones, (features,), (axes.NORM,), self.param_dtype)
-        if self.use_bias:
-            y = y + param_with_axes(self, "bias", nn.initializers.zeros, (features,), (axes.NORM,), self.param_dtype)
-        return y.astype(self.dtype)
+        return _scale_and_shift(self, y, features).astype(self.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -91,11 +96,7 @@ class BatchNorm(nn.Module):
         else:
             mean, var = running_mean.value, running_var.value
         y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
-        if self.use_scale:
-            y = y * param_with_axes(self, "scale", nn.initializers.ones, (features,), (axes.NORM,), self.param_dtype)
-        if self.use_bias:
-            y = y + param_with_axes(self, "bias", nn.initializers.zeros, (features,), (axes.NORM,), self.param_dtype)
-        return y.astype(self.dtype)
+        return _scale_and_shift(self, y, features).astype(self.dtype)
 
 
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
