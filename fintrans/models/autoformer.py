@@ -218,6 +218,37 @@ class FeedForward(nn.Module):
                           param_dtype=self.param_dtype, name="wo")(h))
 
 
+class DecoderLayer(nn.Module):
+    """The authors' DecoderLayer on the carry (seasonal, accumulated trend):
+    s = decomp(s + drop(SelfCorr(s))) -> trend1; s = decomp(s + drop(CrossCorr(s, context))) -> trend2;
+    s = decomp(s + FFN(s)) -> trend3; trend += circular conv3(trend1 + trend2 + trend3)."""
+    num_heads: int
+    factor: float
+    mlp_dim: int
+    activation: str
+    dropout_rate: float
+    moving_avg: int
+    num_channels: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, carry, *, context: jax.Array, deterministic: bool = True):
+        s, trend = carry
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        decomp = lambda y: series_decomp(y, self.moving_avg)
+        correlate = lambda name: AutoCorrelationLayer(self.num_heads, self.factor, name=name, **kw)
+        s = nn.with_logical_constraint(s, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+        s, trend1 = decomp(s + drop(correlate("self_correlation")(s, deterministic=deterministic)))
+        s, trend2 = decomp(s + drop(correlate("cross_correlation")(s, context, deterministic=deterministic)))
+        s, trend3 = decomp(s + FeedForward(self.mlp_dim, self.activation, self.dropout_rate, name="ffn",
+                                           **kw)(s, deterministic=deterministic))
+        residual_trend = Conv1D(self.num_channels, 3, padding="circular", use_bias=False, in_axis=axes.EMBED,
+                                out_axis=axes.CHANNELS, name="trend_projection", **kw)(trend1 + trend2 + trend3)
+        return s, trend + residual_trend.astype(jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class AutoformerConfig(ModelConfig):
     DATA_FIELDS = {"num_channels": "num_channels", "input_len": "input_len", "horizon": "horizon"}  # see ModelConfig
@@ -291,11 +322,6 @@ class Autoformer(nn.Module):
 
         kw = dict(dtype=dtype, param_dtype=pdtype)
         embed = lambda name: DataEmbedding(cfg.embed_dim, cfg.dropout_rate, name=name, **kw)
-        drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-        decomp = lambda y: series_decomp(y, cfg.moving_avg)
-        ffn = lambda name: FeedForward(cfg.mlp_dim, cfg.activation, cfg.dropout_rate, name=name, **kw)
-        correlate = lambda name: AutoCorrelationLayer(cfg.num_heads, cfg.factor, name=name, **kw)
-        act_spec = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)
 
         # Encoder: blocks of x = decomp(x + dropout(AutoCorrelation(x))); x = decomp(x + FFN(x)).
         h = embed("encoder_embed")(x, enc_marks, deterministic=deterministic)
@@ -307,19 +333,13 @@ class Autoformer(nn.Module):
         h = Stack(encoder_block, cfg.encoder_layers, name="encoder")(h, deterministic=deterministic)
         enc = SeasonalLayerNorm(name="encoder_norm", **kw)(h)
 
-        # Decoder.
+        # Decoder: layers carry (seasonal, accumulated trend) and read the encoder output.
+        decoder_layer = functools.partial(
+            DecoderLayer, cfg.num_heads, cfg.factor, cfg.mlp_dim, cfg.activation, cfg.dropout_rate, cfg.moving_avg,
+            cfg.num_channels, **kw)
         s = embed("decoder_embed")(seasonal_init, dec_marks, deterministic=deterministic)
-        trend_acc = trend_init
-        for i in range(cfg.decoder_layers):
-            s = nn.with_logical_constraint(s, act_spec)
-            s, trend1 = decomp(s + drop(correlate(f"decoder_{i}_self_correlation")(s, deterministic=deterministic)))
-            s, trend2 = decomp(s + drop(correlate(f"decoder_{i}_cross_correlation")(s, enc,
-                                                                                    deterministic=deterministic)))
-            s, trend3 = decomp(s + ffn(f"decoder_{i}_ffn")(s, deterministic=deterministic))
-            residual_trend = Conv1D(cfg.num_channels, 3, padding="circular", use_bias=False, in_axis=axes.EMBED,
-                                    out_axis=axes.CHANNELS, name=f"decoder_{i}_trend_projection",
-                                    **kw)(trend1 + trend2 + trend3)
-            trend_acc = trend_acc + residual_trend.astype(jnp.float32)
+        s, trend_acc = Stack(decoder_layer, cfg.decoder_layers, name="decoder")(
+            (s, trend_init), context=enc, deterministic=deterministic)
         s = SeasonalLayerNorm(name="decoder_norm", **kw)(s)
         seasonal_part = Dense(cfg.num_channels, (axes.EMBED,), (axes.CHANNELS,), name="projection", **kw)(s)
         y = (trend_acc + seasonal_part.astype(jnp.float32))[:, -cfg.horizon:]

@@ -171,8 +171,8 @@ def test_auto_correlation_delays_are_sown():
     _, state = jax.jit(lambda p, x: b.model.apply(p, x, mutable=["intermediates"]))(b.params, b.batch)
     inter = state["intermediates"]
     sown = {"encoder_0_correlation": (inter["encoder"]["block_0"]["correlation"], cfg.input_len),
-            "decoder_0_self_correlation": (inter["decoder_0_self_correlation"], cfg.decoder_len),
-            "decoder_0_cross_correlation": (inter["decoder_0_cross_correlation"], cfg.decoder_len)}
+            "decoder_0_self_correlation": (inter["decoder"]["block_0"]["self_correlation"], cfg.decoder_len),
+            "decoder_0_cross_correlation": (inter["decoder"]["block_0"]["cross_correlation"], cfg.decoder_len)}
     for name, (layer, length) in sown.items():
         (delays,), (weights,), (corr,) = (layer[k] for k in ("delays", "weights", "correlation"))
         k = int(cfg.factor * math.log(length))

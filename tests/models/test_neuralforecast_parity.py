@@ -65,7 +65,7 @@ def _conv1(conv):  # Conv1d kernel size 1 -> Dense kernel [in, out]
 
 
 def _conv3(conv):  # Conv1d(in, out, 3, circular, no bias) weight [out, in, 3] -> [3, in, out]
-    return {"conv": {"kernel": _t(conv.weight).transpose(2, 1, 0)}}
+    return {"kernel": _t(conv.weight).transpose(2, 1, 0)}
 
 
 def _layernorm(ln):
@@ -97,14 +97,14 @@ def _autoformer_params(enc_embedding, dec_embedding, encoder, decoder, heads, cr
          "encoder_norm": {"norm": seasonal_norm(encoder.norm)},
          "decoder_norm": {"norm": seasonal_norm(decoder.norm)},
          "projection": _linear(decoder.projection)}
-    for i, layer in enumerate(encoder.attn_layers):
-        p[f"encoder_{i}_correlation"] = _correlation_params(layer.attention, heads)
-        p[f"encoder_{i}_ffn"] = {"wi": _conv1(layer.conv1), "wo": _conv1(layer.conv2)}
-    for i, layer in enumerate(decoder.layers):
-        p[f"decoder_{i}_self_correlation"] = _correlation_params(layer.self_attention, heads)
-        p[f"decoder_{i}_cross_correlation"] = _correlation_params(layer.cross_attention, heads, cross_padded)
-        p[f"decoder_{i}_ffn"] = {"wi": _conv1(layer.conv1), "wo": _conv1(layer.conv2)}
-        p[f"decoder_{i}_trend_projection"] = _conv3(layer.projection)
+    p["encoder"] = {f"block_{i}": {"correlation": _correlation_params(layer.attention, heads),
+                                   "ffn": {"wi": _conv1(layer.conv1), "wo": _conv1(layer.conv2)}}
+                    for i, layer in enumerate(encoder.attn_layers)}
+    p["decoder"] = {f"block_{i}": {"self_correlation": _correlation_params(layer.self_attention, heads),
+                                   "cross_correlation": _correlation_params(layer.cross_attention, heads, cross_padded),
+                                   "ffn": {"wi": _conv1(layer.conv1), "wo": _conv1(layer.conv2)},
+                                   "trend_projection": _conv3(layer.projection)}
+                    for i, layer in enumerate(decoder.layers)}
     return {"params": jax.tree.map(jnp.asarray, p)}
 
 
