@@ -34,6 +34,8 @@ its padding read as zeros), so their values never change the logits.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,8 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fintrans import axes
-from fintrans.layers import (MLP, Conv1D, Dense, LayerNorm, MultiHeadAttention, TransformerBlock, check_series_batch,
-                             param_with_axes, pool)
+from fintrans.layers import (MLP, Block, Conv1D, Dense, LayerNorm, MultiHeadAttention, TransformerBlock,
+                             check_series_batch, param_with_axes, pool)
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.models import register
 from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
@@ -236,29 +238,34 @@ class ShapeFormer(nn.Module):
         sw = jnp.asarray(cfg.shapelet_weights, dtype) + param_with_axes(
             self, "shapelet_weight_offsets", nn.initializers.zeros, (s_count,), (None,), pdtype).astype(dtype)
         # One post-LN layer, attention and FFN outputs scaled per token by the shapelet weights.
-        h = _WeightedPostLN(cfg, d, name="shapelet_block")(tok, sw, det)
+        h = _weighted_post_ln(cfg, d, sw, "shapelet_block")(tok, deterministic=det)
         return h[:, 0]
 
 
-class _WeightedPostLN(nn.Module):
-    """x <- LN(sw * (x + Attn(x))); x <- LN(x + FFN(x)) * sw (the authors' order of scaling and norms)."""
-    config: ShapeFormerConfig
-    dim: int
+class _WeightedLayerNorm(LayerNorm):
+    """LayerNorm with the shapelet weights [S] applied per token: to its input (`before`) or output."""
+    weights: Any = None
+    before: bool = True
 
-    @nn.compact
-    def __call__(self, x, sw, det):
-        cfg = self.config
-        dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
-        w = sw[None, :, None]
-        a = MultiHeadAttention(num_heads=cfg.num_heads, head_dim=self.dim // cfg.num_heads, use_bias=True,
-                               dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, dtype=dtype,
-                               param_dtype=pdtype, name="attention")(x, deterministic=det)
-        x = LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="attention_norm")((x + a) * w)
-        f = MLP(cfg.mlp_dim, activation=cfg.activation, use_bias=True, dropout_rate=cfg.dropout_rate, dtype=dtype,
-                param_dtype=pdtype, name="mlp")(x, deterministic=det)
-        f = nn.Dropout(cfg.dropout_rate)(f, deterministic=det)
-        x = LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="mlp_norm")(x + f)
-        return x * w
+    def __call__(self, x):
+        w = self.weights[None, :, None]
+        return super().__call__(x * w) if self.before else super().__call__(x) * w
+
+
+def _weighted_post_ln(cfg: ShapeFormerConfig, dim: int, weights: jax.Array, name: str) -> Block:
+    """The class-specific layer: x <- LN(w * (x + Attn(x))); x <- LN(x + FFN(x)) * w (the authors' order of
+    scaling and norms), a post-norm Block whose two norms apply the shapelet weights."""
+    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+    return Block(
+        token_mixer=functools.partial(MultiHeadAttention, num_heads=cfg.num_heads, head_dim=dim // cfg.num_heads,
+                                      use_bias=True, dropout_rate=cfg.dropout_rate,
+                                      attention_impl=cfg.attention_impl, **kw),
+        channel_mixer=functools.partial(MLP, cfg.mlp_dim, activation=cfg.activation, use_bias=True,
+                                        dropout_rate=cfg.dropout_rate, **kw),
+        norm=lambda name: _WeightedLayerNorm(epsilon=cfg.norm_epsilon, weights=weights,
+                                             before=name.startswith("attention"), name=name, **kw),
+        norm_position="post", channel_dropout_rate=cfg.dropout_rate, token_mixer_name="attention",
+        channel_mixer_name="mlp", name=name, **kw)
 
 
 register("shapeformer", ShapeFormerConfig, ShapeFormer)
