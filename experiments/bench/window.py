@@ -23,7 +23,7 @@ their anchors, on identical inputs in one run.
    only the partition differs. Points: batches of samples whose occupied pillars follow a
    LiDAR-like density (falling with the distance from the sensor), unique per sample. The window
    orders and group plans are built once per forward in FlatFormer (timed separately: "plans"),
-   the SST windows on the host (not timed). When fintrans.models.flatformer.FlatFormerLayer
+   the SST windows on the host (not timed). When fintrans.models.flatformer.flatformer_layer
    imports, the model's own layer is timed on the same points too.
 
 GPU mode: 262,144 tokens (4 samples of 65,536 pillars on a 468x468 grid), bfloat16, 20 calls per
@@ -295,7 +295,7 @@ def run_layers(report, cfg, platform):
 
 
 def run_model_layer(report, cfg, base, plan, x, pe):
-    """fintrans.models.flatformer.FlatFormerLayer (the model's own layer) on the same points, in
+    """fintrans.models.flatformer.flatformer_layer (the model's own layer) on the same points, in
     the 'x' ordering (the plan its group_plans builds for it)."""
     row = dict(kind="layer", impl="flatformer_model_layer", pass_="fwd", **base)
     try:
@@ -306,15 +306,16 @@ def run_model_layer(report, cfg, base, plan, x, pe):
                                       group_size=cfg["layer_group"], embed_dim=cfg["channels"],
                                       num_heads=cfg["heads"], mlp_dim=2 * cfg["channels"], dtype=cfg["dtype"],
                                       param_dtype=cfg["dtype"])
-        mod = model.FlatFormerLayer(mcfg)
+        mod = model.flatformer_layer(mcfg)
         xb, peb = x.reshape(b, n, -1), pe.reshape(b, n, -1)
-        params = nn.unbox(jax.jit(lambda key, xb, peb, plan: mod.init(key, xb, peb, plan, deterministic=True))(
+        params = nn.unbox(jax.jit(lambda key, xb, peb, plan: mod.init(key, xb, qk_offset=peb, groups=plan,
+                                                                      deterministic=True))(
             jax.random.key(0), xb, peb, plan))
     except Exception as e:
         row["error"] = error_text(e)
         report.add(row)
         return
-    measure(report, row, lambda p, xb, peb, plan: mod.apply(p, xb, peb, plan, deterministic=True),
+    measure(report, row, lambda p, xb, peb, plan: mod.apply(p, xb, qk_offset=peb, groups=plan, deterministic=True),
             (params, xb, peb, plan), cfg)
 
 

@@ -44,8 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fintrans import axes
-from fintrans.layers import MLP, Dense, LayerNorm
-from fintrans.layers.attention import MultiHeadAttention
+from fintrans.layers import Dense, LayerNorm, TransformerBlock
 from fintrans.layers.mlp import ACTIVATIONS, activation
 from fintrans.models import register
 from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
@@ -154,27 +153,15 @@ def group_plans(config: FlatFormerConfig, coords: jax.Array, sample_ids: jax.Arr
     return plans
 
 
-class FlatFormerLayer(nn.Module):
-    """One post-LN layer: grouped attention in one window ordering, then the GELU FFN."""
-    config: FlatFormerConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array, pe: jax.Array, plan, *, deterministic: bool) -> jax.Array:
-        """x, pe: [batch, max_points, embed_dim] -> [batch, max_points, embed_dim]."""
-        cfg = self.config
-        dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
-        # Post-LN: x = LN(x + Attn(x)); the attention output's dropout is MultiHeadAttention's own.
-        out = MultiHeadAttention(cfg.num_heads, cfg.head_dim, use_bias=True, dropout_rate=cfg.dropout_rate,
-                                 attention_impl=cfg.attention_impl, pattern=AttentionPattern("grouped"),
-                                 dtype=dtype, param_dtype=pdtype, name="attention")(
-            x, qk_offset=pe, groups=plan, deterministic=deterministic)
-        drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-        norm = lambda name: LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name=name)
-        x = norm("attention_norm")(x + out)
-        h = MLP(cfg.mlp_dim, activation=cfg.activation, dropout_rate=0.0, dtype=dtype, param_dtype=pdtype,
-                name="mlp")(x, deterministic=deterministic)
-        x = norm("mlp_norm")(x + drop(h))
-        return nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+def flatformer_layer(cfg: FlatFormerConfig, name: str | None = None) -> nn.Module:
+    """One post-LN layer: x = LN(x + Attn(x)) with grouped attention in one window ordering (the
+    attention output's dropout is MultiHeadAttention's own), then x = LN(x + dropout(FFN(x))).
+    Call it as layer(x, qk_offset=pe, groups=plan, deterministic=...) on [batch, max_points, embed_dim]."""
+    return TransformerBlock(
+        num_heads=cfg.num_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim, norm="layernorm", norm_position="post",
+        norm_epsilon=cfg.norm_epsilon, activation=cfg.activation, use_bias=True, dropout_rate=cfg.dropout_rate,
+        mlp_dropout_rate=0.0, attention_impl=cfg.attention_impl, pattern=AttentionPattern("grouped"),
+        dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, name=name)
 
 
 class FlatFormer(nn.Module):
@@ -207,7 +194,8 @@ class FlatFormer(nn.Module):
         x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
         for i in range(cfg.num_blocks):
             for name, _, _ in ORDERINGS:
-                x = FlatFormerLayer(cfg, name=f"block_{i}_{name}")(x, pe, plans[name], deterministic=deterministic)
+                x = flatformer_layer(cfg, name=f"block_{i}_{name}")(x, qk_offset=pe, groups=plans[name],
+                                                                    deterministic=deterministic)
         if cfg.num_classes:
             x = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dtype, param_dtype=pdtype,
                       name="head")(x)
