@@ -25,8 +25,11 @@ def test_streaming_source_decodes_only_what_is_read(load):
     # 3 batches plus at most the prefetched ones (grain buffer of 4, one thread): never the split
     assert 3 * 16 <= records.decoded <= (3 + 5) * 16 < n
     assert not hasattr(ds.source("train"), "arrays")  # no decoded copy of the split is kept
-    copy = pickle.loads(pickle.dumps(records))  # (for grain's worker processes: the files are reopened)
-    assert copy.decoded == records.decoded and copy[5].keys() == records[5].keys()
+    # (for grain's worker processes: the files are reopened). The iterator's prefetch thread may still be
+    # decoding, so the copy's count lies between the counts read before and after pickling.
+    seen = records.decoded
+    copy = pickle.loads(pickle.dumps(records))
+    assert seen <= copy.decoded <= records.decoded and copy[5].keys() == records[5].keys()
     np.testing.assert_array_equal(copy[5]["image"], records[5]["image"])
     got = records.__getitems__([7, 3, 7])
     assert [int(r["index"]) for r in got] == [int(records[i]["index"]) for i in (7, 3, 7)]
