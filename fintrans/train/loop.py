@@ -214,6 +214,7 @@ class Trainer:
         # Evaluation batch i gets fold_in(eval_rng, i), for tasks that draw noise in evaluation too.
         self.eval_rng = jax.random.fold_in(self.base_rng, 0xE7A1)
         self.model_state: dict = {}  # what predict() uses; train_and_evaluate sets the trained state
+        self._predict_fn = None
 
     # -- state ---------------------------------------------------------------------------------
     def example_batch(self) -> dict[str, np.ndarray]:
@@ -317,8 +318,9 @@ class Trainer:
         gathered from every host: each process gets the same global arrays, so predictions and their
         inputs/labels stay row-aligned."""
         global_batch = parallel.global_batch(batch, self.batch_sharding)
-        apply = jax.jit(lambda p, s, b: self.model.apply({"params": p, **s}, b, train=False))
-        out = apply(params, self.model_state, global_batch)
+        if self._predict_fn is None:  # jitted once: a sampler may call predict at every step (DDIM)
+            self._predict_fn = jax.jit(lambda p, s, b: self.model.apply({"params": p, **s}, b, train=False))
+        out = self._predict_fn(params, self.model_state, global_batch)
         gathered = multihost_utils.process_allgather({"out": out, "batch": global_batch}, tiled=True)
         return (jax.tree.map(np.asarray, gathered["out"]),
                 {k: np.asarray(v) for k, v in gathered["batch"].items()})
