@@ -103,3 +103,50 @@ def pad_axis(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
     widths[axis] = (0, extra)
     return jnp.pad(x, widths, constant_values=value)
 
+
+
+def segment_tile_ranges(row_segment_ids: jax.Array, col_segment_ids: jax.Array, block_rows: int,
+                        block_cols: int, num_row_tiles: Optional[int] = None,
+                        num_col_tiles: Optional[int] = None) -> tuple[jax.Array, jax.Array]:
+    """Per row tile, the column tiles [lo, hi) that can hold a visible (row, col) pair.
+
+    A pair is visible only if its two segment ids are equal, so a column tile can matter to a row
+    tile only where the tiles' [min, max] id intervals overlap; every tile outside [lo, hi) is
+    skipped by the kernels. For packed sequences (ids sorted along the sequence) the bound is exact
+    per tile, and a key-padding mask folded into the ids as an id no query has (say -1) makes the
+    padded tail's tiles fall outside it, so a half-padded batch visits about half the tiles. Ids in
+    any order give a looser but still safe bound. Called with (q, kv) ids it bounds the kv loop of
+    each q tile (forward, dq); with (kv, q) ids the q loop of each kv tile (dk/dv).
+
+    Args:
+      row_segment_ids: int [batch, rows]; col_segment_ids: int [batch, cols].
+      block_rows, block_cols: tile sizes; a partial last tile counts only its real entries.
+      num_row_tiles, num_col_tiles: pad the result to this many tiles (kernels whose padded
+        lengths hold more tiles); extra row tiles get an empty range, extra column tiles are
+        never in one.
+    Returns:
+      (lo, hi), int32 [batch, num_row_tiles]; lo == hi where no column tile can matter.
+    """
+    def tile_bounds(ids, block, count):
+        b, n = ids.shape
+        tiles = -(-n // block)
+        # Edge padding repeats the last real id, so a partial tile's bounds are its real entries'.
+        padded = jnp.pad(ids.astype(jnp.int32), ((0, 0), (0, tiles * block - n)), mode="edge")
+        padded = padded.reshape(b, tiles, block)
+        lo, hi = jnp.min(padded, axis=2), jnp.max(padded, axis=2)
+        count = tiles if count is None else count
+        if count < tiles:
+            raise ValueError(f"num tiles {count} is less than the {tiles} the ids need")
+        return lo, hi, tiles, count
+
+    r_min, r_max, r_tiles, r_count = tile_bounds(row_segment_ids, block_rows, num_row_tiles)
+    c_min, c_max, c_tiles, _ = tile_bounds(col_segment_ids, block_cols, num_col_tiles)
+    overlap = (c_min[:, None, :] <= r_max[:, :, None]) & (c_max[:, None, :] >= r_min[:, :, None])
+    any_ = jnp.any(overlap, axis=2)
+    col = jnp.arange(c_tiles, dtype=jnp.int32)
+    lo = jnp.where(any_, jnp.min(jnp.where(overlap, col, c_tiles), axis=2), 0)
+    hi = jnp.where(any_, jnp.max(jnp.where(overlap, col, -1), axis=2) + 1, 0)
+    extra = r_count - r_tiles
+    if extra:
+        lo, hi = (jnp.pad(x, ((0, 0), (0, extra))) for x in (lo, hi))
+    return lo.astype(jnp.int32), hi.astype(jnp.int32)
