@@ -162,35 +162,33 @@ def _install_wgmma_operands():
 
 # -- 4. accumulator stores and plgpu.load --------------------------------------------------------
 def _install_accumulator_store_and_load():
+    """Rewrites the two primitives, before each (sub-)jaxpr is interpreted, into the ref read and
+    write the interpreter already threads its ordering token through: `plgpu.load` is a read
+    whose layout is only a hint, an accumulator store is a write of the whole accumulator."""
     import jax
-    import jax.numpy as jnp
+    from jax._src import core as jax_core
     from jax._src.pallas.mosaic_gpu import primitives as gpu_primitives
-    from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks as cb
     from jax._src.pallas.mosaic_gpu.interpret import jaxpr_interpret as ji
+    from jax._src.state import primitives as state_primitives
 
-    original = ji.JaxprInterpreter._interpret_arithmetic_primitive
-
-    def interpret_arithmetic(self, eqn, get_invals):
-        # Ordered io_callbacks keep these in program order; the token only threads data deps.
-        token = jnp.int32(0)
-        common = dict(token=token, device_id=jnp.int32(self.device_info.device_id),
-                      grid_point_coords=self.grid_point_coords, thread_id=self.thread_id)
-        if eqn.primitive is gpu_primitives.wgmma_accumulator_store_p:
-            acc, val = get_invals()
-            cb.call_swap(result_shape_and_dtype=eqn.invars[0].aval.inner_aval,
-                         allocation_key_as_array=acc, transforms=(), val=val, mask=None,
-                         source_info=eqn.source_info, **common)
-            return val  # the primitive's result is the stored value (its discharged form)
+    def rewrite(eqn):
         if eqn.primitive is gpu_primitives.load_p:
-            ref, *leaves = get_invals()
-            transforms = jax.tree.unflatten(eqn.params["tree"], leaves)
-            _, out = cb.call_get(result_shape_and_dtype=eqn.outvars[0].aval,
-                                 allocation_key_as_array=ref, transforms=transforms,
-                                 source_info=eqn.source_info, **common)
-            return out
-        return original(self, eqn, get_invals)
+            return eqn.replace(primitive=state_primitives.get_p, params=dict(tree=eqn.params["tree"]))
+        if eqn.primitive is gpu_primitives.wgmma_accumulator_store_p:
+            return eqn.replace(primitive=state_primitives.swap_p,
+                               params=dict(tree=jax.tree.structure(())))
+        return eqn
 
-    ji.JaxprInterpreter._interpret_arithmetic_primitive = interpret_arithmetic
+    original = ji.JaxprInterpreter.interpret
+
+    def interpret(self, jaxpr, token, *args):
+        if any(e.primitive in (gpu_primitives.load_p, gpu_primitives.wgmma_accumulator_store_p)
+               for e in jaxpr.eqns):
+            jaxpr = jaxpr.replace(eqns=[rewrite(e) for e in jaxpr.eqns])
+        return original(self, jaxpr, token, *args)
+
+    del jax_core
+    ji.JaxprInterpreter.interpret = interpret
 
 
 # -- 5. TMA reduce-add -------------------------------------------------------------------------
