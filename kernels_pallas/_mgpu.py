@@ -37,3 +37,23 @@ def check_device(name: str, interpret) -> None:
     if capability != HOPPER:
         raise NotImplementedError(f"{name}: Mosaic GPU kernels need an sm90 (Hopper) GPU; this one is "
                                   f"{jax.devices()[0].device_kind} (compute capability {capability})")
+
+
+def kernel(body, *, out_type, grid, grid_names, num_threads, thread_name="wg", compiler_params=None,
+           interpret=None, input_output_aliases=None):
+    """plgpu.kernel, plus `input_output_aliases` ({input index: output index}): an output that
+    starts as the aliased input's contents (a float32 buffer that CTAs add into with TMA
+    reduce-add must start at zero). jax exposes aliasing for Mosaic GPU mesh kernels only through
+    pallas.mpmd._mpmd_map (jax 0.10 and later); `body` allocates its own scratch."""
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+    if not input_output_aliases:
+        return plgpu.kernel(body, out_type=out_type, grid=grid, grid_names=grid_names,
+                            num_threads=num_threads, thread_name=thread_name,
+                            compiler_params=compiler_params, interpret=interpret if interpret is not None else False)
+    from jax._src.pallas import mpmd
+    mpmd_map = getattr(mpmd, "_mpmd_map", None)
+    if mpmd_map is None:
+        raise NotImplementedError("this jax has no aliased Mosaic GPU kernels (pallas.mpmd._mpmd_map)")
+    mesh = plgpu.Mesh(grid=grid, grid_names=grid_names, num_threads=num_threads, thread_name=thread_name)
+    return mpmd_map([(mesh, body)], out_types=out_type, input_output_aliases=input_output_aliases,
+                    compiler_params=compiler_params, interpret=interpret if interpret is not None else False)

@@ -30,7 +30,7 @@ Backward (5 matmuls per tile; FlashAttention-2/3's dk/dv-major loop). One CTA of
   CTAs are ordered heaviest first.
 Conventions as every implementation (common.py): end-aligned causal, segment ids, zero output and
 zero gradients for a query that sees no key, float32 statistics. bf16 and f16 only (wgmma),
-head_dim a multiple of 64 up to 256; lengths are padded to the tiles (padded keys are masked by
+head_dim 64 or 128; lengths are padded to the tiles (padded keys are masked by
 position). Anything else raises NotImplementedError so dispatch falls through.
 `interpret=True` runs the kernels in Pallas's GPU interpret mode on CPU (kernels_pallas._mgpu_interpret).
 """
@@ -112,9 +112,9 @@ def _plan(q, k, causal, segments, sm_scale, block_sizes, interpret, count=False)
     lk, hkv = k.shape[1], k.shape[2]
     if q.dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         raise NotImplementedError(f"pallas_mosaic_gpu: wgmma takes bfloat16 or float16, not {q.dtype}")
-    if d % 64 or d > 256:
-        raise NotImplementedError(f"pallas_mosaic_gpu: head_dim must be a multiple of 64 up to 256; "
-                                  f"got {d}")
+    if d not in (64, 128):
+        # 256 would need a smaller backward than fits next to dk, dv and the dq tile in 227 KiB.
+        raise NotImplementedError(f"pallas_mosaic_gpu: head_dim must be 64 or 128; got {d}")
     user = block_sizes or BlockSizes()
     if user.block_q not in (None, BLOCK_Q) or user.block_q_bwd not in (None, BLOCK_Q):
         raise NotImplementedError(f"pallas_mosaic_gpu: query tiles are {BLOCK_Q} rows (one wgmma "
@@ -179,6 +179,16 @@ def _mma(a, b_ref, shape, *, transpose_b=False, init=None):
 
 def _rows_layout(x):
     return plgpu.layout_cast(x, plgpu.Layout.WGMMA.reduce(1))
+
+
+def _drain(free_a, free_b, n_steps, stages):
+    """The producer takes the consumers' releases of the last `stages` steps, which no later load
+    waited for, so every phase of its barriers is observed (the interpreter checks this)."""
+    def wait(t, _):
+        slot = lax.rem(t, stages)
+        plgpu.barrier_wait(free_a.at[slot])
+        plgpu.barrier_wait(free_b.at[slot])
+    lax.fori_loop(jnp.maximum(n_steps - stages, 0), n_steps, wait, None)
 
 
 def _kv_bounds(p: _Plan, rows_lo, rows_hi, nk):
@@ -301,8 +311,14 @@ def _forward_kernel(p: _Plan, q_ref, k_ref, v_ref, *refs):
                 return acc, m_new, l, count + 1
 
             def release(j, _):
-                # Tiles the other consumer still needs: hand the slot back, keep the turn order.
+                # Tiles only the other consumer needs: take the slot's arrivals (every phase of a
+                # barrier is observed by each thread that waits on it), hand the slot back, keep
+                # the turn order.
                 slot = lax.rem(j - kv_lo_cta, st)
+                plgpu.barrier_wait(k_bar.at[slot])
+                if p.segments:
+                    plgpu.barrier_wait(seg_bar.at[NUM_CONSUMERS + slot])
+                plgpu.barrier_wait(v_bar.at[slot])
                 plgpu.barrier_arrive(k_free.at[slot])
                 plgpu.barrier_arrive(v_free.at[slot])
                 _rendezvous(turn)
@@ -354,6 +370,7 @@ def _forward_kernel(p: _Plan, q_ref, k_ref, v_ref, *refs):
                 plgpu.barrier_wait(v_free.at[slot])
                 load(j)
             lax.fori_loop(kv_lo_cta + st, kv_hi_cta, rest, None)
+            _drain(k_free, v_free, n_steps, st)
 
     smem = (
         _swizzled((NUM_CONSUMERS, bq, d), dtype),
@@ -398,3 +415,246 @@ def _forward(p: _Plan, q, k, v, qs, ks):
         thread_name="wg", compiler_params=_params(p), interpret=_interpret(p),
     )(*args)
     return outs[0][:, :p.q_len], outs[1], (outs[2] if p.count else None)
+
+
+# ----------------------------------------------------------------------------- backward
+
+def _q_bounds(p: _Plan, kv_row0, kv_rows):
+    """Query tiles [lo, hi) that see the key rows [kv_row0, kv_row0 + kv_rows), and the first
+    tile `mid` from which every one of them is fully visible (causal); traced or static ints."""
+    bq = p.block_q_bwd
+    hi = -(-p.q_len // bq)  # tiles of padding only have dO = 0: nothing to add
+    lo = mid = 0
+    if p.causal:
+        lo = jnp.minimum(lax.div(jnp.maximum(kv_row0 - p.offset, 0), bq), hi)
+        mid = lax.div(jnp.maximum(kv_row0 + kv_rows - 1 - p.offset, 0) + bq - 1, bq)
+        mid = jnp.clip(mid, lo, hi)
+    return lo, mid, hi
+
+
+def _backward_kernel(p: _Plan, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs):
+    refs = list(refs)
+    if p.segments:
+        qs_ref, ks_ref, lo_ref, hi_ref = refs[:4]
+        refs = refs[4:]
+    _, dq_ref, dk_ref, dv_ref = refs[:4]  # refs[0] is the zeroed dq input, aliased to dq_ref
+    visits_ref = refs[4] if p.count else None
+    bq, bk, d, st, g = p.block_q_bwd, p.block_kv_bwd, p.head_dim, p.stages_bwd, p.group
+    dtype = q_ref.dtype
+    c = p.scale * _LOG2E
+
+    kt, kv_head, batch = lax.axis_index("k"), lax.axis_index("h"), lax.axis_index("b")
+    cta_row0 = kt * (NUM_CONSUMERS * bk)
+    q_lo, q_mid, q_hi = _q_bounds(p, cta_row0, NUM_CONSUMERS * bk)
+    if p.segments:
+        q_lo = jnp.maximum(q_lo, lo_ref[batch, kt])
+        q_hi = jnp.minimum(q_hi, hi_ref[batch, kt])
+        q_lo = jnp.minimum(q_lo, q_hi)
+        q_mid = q_lo  # every tile takes the masked path
+    n_q = q_hi - q_lo
+    n_steps = g * n_q
+
+    def tile_of(t):
+        return lax.div(t, jnp.maximum(n_q, 1)), q_lo + lax.rem(t, jnp.maximum(n_q, 1))
+
+    def body(k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, qseg_smem, kseg_smem, ds_smem,
+             dq_smem, kv_bar, in_bar, do_bar, q_free, do_free):
+        wg = lax.axis_index("wg")
+
+        @pl.when(wg < NUM_CONSUMERS)
+        def _consumer():
+            plgpu.set_max_registers(232, action="increase")
+            row0 = cta_row0 + wg * bk
+            kv_rows = (batch, pl.ds(row0, bk), kv_head)
+            plgpu.copy_gmem_to_smem(k_ref.at[kv_rows], k_smem.at[wg], kv_bar.at[wg])
+            plgpu.copy_gmem_to_smem(v_ref.at[kv_rows], v_smem.at[wg], kv_bar.at[wg])
+            if p.segments:
+                plgpu.copy_gmem_to_smem(ks_ref.at[batch, pl.ds(row0, bk)], kseg_smem.at[wg],
+                                        kv_bar.at[wg])
+            plgpu.barrier_wait(kv_bar.at[wg])
+            k_seg = None
+            if p.segments:
+                k_seg = plgpu.load(kseg_smem.at[wg], (), layout=plgpu.Layout.WGMMA.reduce(1))
+            k_tile, v_tile, ds_tile, dq_tile = k_smem.at[wg], v_smem.at[wg], ds_smem.at[wg], dq_smem.at[wg]
+
+            def step(t, carry, masked):
+                dk, dv, count = carry
+                gi, qi = tile_of(t)
+                slot = lax.rem(t, st)
+                plgpu.barrier_wait(in_bar.at[slot])
+                q_tile = q_smem.at[slot]
+                st_ = _mma(k_tile, q_tile, (bk, bq), transpose_b=True)        # Sᵀ = K·Qᵀ
+                lse = plgpu.load(lse_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
+                delta = plgpu.load(delta_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
+                if masked:
+                    kpos = row0 + plgpu.broadcasted_iota(jnp.int32, (bk, bq), 0, layout=plgpu.Layout.WGMMA)
+                    qpos = qi * bq + plgpu.broadcasted_iota(jnp.int32, (bk, bq), 1, layout=plgpu.Layout.WGMMA)
+                    keep = kpos < p.kv_len
+                    if p.causal:
+                        keep &= kpos <= qpos + p.offset
+                    if p.segments:
+                        q_seg = plgpu.load(qseg_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
+                        keep &= (lax.broadcast_in_dim(k_seg, (bk, bq), [0])
+                                 == lax.broadcast_in_dim(q_seg, (bk, bq), [1]))
+                pt = jnp.exp2(st_ * c - lax.broadcast_in_dim(lse, (bk, bq), [1]))  # +inf lse: 0
+                if masked:
+                    pt = jnp.where(keep, pt, 0.0)
+                plgpu.barrier_wait(do_bar.at[slot])
+                do_tile = do_smem.at[slot]
+                dv = _mma(pt.astype(dtype), do_tile, (bk, d), init=dv)          # dV += Pᵀ·dO
+                dpt = _mma(v_tile, do_tile, (bk, bq), transpose_b=True)         # dPᵀ = V·dOᵀ
+                plgpu.barrier_arrive(do_free.at[slot])
+                dst = pt * (dpt - lax.broadcast_in_dim(delta, (bk, bq), [1]))
+                ds16 = dst.astype(dtype)
+                dk = _mma(ds16, q_tile, (bk, d), init=dk)                        # dK += dSᵀ·Q
+                plgpu.barrier_arrive(q_free.at[slot])
+                # dQ += dS·K: dSᵀ through shared memory (wgmma reads A transposed from there).
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # the last reduce-add read dq_tile
+                ds_tile[...] = ds16
+                plgpu.commit_smem()
+                dq = _mma(plgpu.transpose_ref(ds_tile, (1, 0)), k_tile, (bq, d))
+                dq_tile[...] = dq * p.scale
+                plgpu.commit_smem()
+                head = kv_head * g + gi
+                plgpu.copy_smem_to_gmem(dq_tile, dq_ref.at[batch, pl.ds(qi * bq, bq), head],
+                                        reduction_op="add")
+                return dk, dv, count + 1
+
+            zeros = plgpu.layout_cast(jnp.zeros((bk, d), jnp.float32), plgpu.Layout.WGMMA)
+            carry = (zeros, zeros, jnp.int32(0))
+            n_masked = q_mid - q_lo
+
+            def per_head(gi, carry):
+                first = gi * n_q
+                carry = lax.fori_loop(first, first + n_masked, functools.partial(step, masked=True), carry)
+                return lax.fori_loop(first + n_masked, first + n_q,
+                                     functools.partial(step, masked=p.segments), carry)
+            dk, dv, count = lax.fori_loop(0, g, per_head, carry)
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            k_tile[...] = (dk * p.scale).astype(dtype)
+            v_tile[...] = dv.astype(dtype)
+            plgpu.commit_smem()
+            out_rows = (batch, pl.ds(row0, bk), kv_head)
+            plgpu.copy_smem_to_gmem(k_tile, dk_ref.at[out_rows])
+            plgpu.copy_smem_to_gmem(v_tile, dv_ref.at[out_rows])
+            if visits_ref is not None:
+                visits_ref[batch, kt, kv_head, wg] = count
+            plgpu.wait_smem_to_gmem(0)
+
+        @pl.when(wg == NUM_CONSUMERS)
+        def _producer():
+            plgpu.set_max_registers(40, action="decrease")
+
+            def load(t):
+                gi, qi = tile_of(t)
+                slot = lax.rem(t, st)
+                head = kv_head * g + gi
+                rows = (batch, pl.ds(qi * bq, bq), head)
+                plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem.at[slot], in_bar.at[slot])
+                plgpu.copy_gmem_to_smem(lse_ref.at[batch, head, pl.ds(qi * bq, bq)], lse_smem.at[slot],
+                                        in_bar.at[slot])
+                plgpu.copy_gmem_to_smem(delta_ref.at[batch, head, pl.ds(qi * bq, bq)],
+                                        delta_smem.at[slot], in_bar.at[slot])
+                if p.segments:
+                    plgpu.copy_gmem_to_smem(qs_ref.at[batch, pl.ds(qi * bq, bq)], qseg_smem.at[slot],
+                                            in_bar.at[slot])
+                plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem.at[slot], do_bar.at[slot])
+
+            def first(t, _):
+                @pl.when(t < n_steps)
+                def _():
+                    load(t)
+            lax.fori_loop(0, st, first, None)
+
+            def rest(t, _):
+                slot = lax.rem(t, st)
+                plgpu.barrier_wait(q_free.at[slot])
+                plgpu.barrier_wait(do_free.at[slot])
+                load(t)
+            lax.fori_loop(st, n_steps, rest, None)
+            _drain(q_free, do_free, n_steps, st)
+
+    n_in = 4 if p.segments else 3
+    smem = (
+        _swizzled((NUM_CONSUMERS, bk, d), dtype), _swizzled((NUM_CONSUMERS, bk, d), dtype),
+        _swizzled((st, bq, d), dtype), _swizzled((st, bq, d), dtype),
+        plgpu.SMEM((st, bq), jnp.float32), plgpu.SMEM((st, bq), jnp.float32),
+        plgpu.SMEM((st, bq), jnp.int32) if p.segments else None,
+        plgpu.SMEM((NUM_CONSUMERS, bk), jnp.int32) if p.segments else None,
+        _swizzled((NUM_CONSUMERS, bk, bq), dtype),
+        _swizzled((NUM_CONSUMERS, bq, d), jnp.float32),
+    )
+    arrivals = (plgpu.Barrier(num_arrivals=3 if p.segments else 2, num_barriers=NUM_CONSUMERS),
+                plgpu.Barrier(num_arrivals=n_in, num_barriers=st), plgpu.Barrier(num_barriers=st))
+    consumed = (plgpu.Barrier(num_arrivals=NUM_CONSUMERS, num_barriers=st),) * 2
+    pl.run_scoped(lambda smem, arrivals, consumed: body(*smem, *arrivals, *consumed),
+                  smem, arrivals, consumed, collective_axes="wg")
+
+
+def _backward(p: _Plan, q, k, v, qs, ks, out, lse, do):
+    b = q.shape[0]
+    n_kt = p.lk_pad // (NUM_CONSUMERS * p.block_kv_bwd)
+    delta = jnp.einsum("blhd,blhd->bhl", out.astype(jnp.float32), do.astype(jnp.float32))
+    args = [_pad_q(p, q), _pad_kv(p, k), _pad_kv(p, v), _pad_q(p, do.astype(q.dtype)), lse,
+            pad_axis(delta, 2, p.lq_pad)]
+    if p.segments:
+        lo, hi = segment_tile_ranges(ks, qs, NUM_CONSUMERS * p.block_kv_bwd, p.block_q_bwd, n_kt,
+                                     p.lq_pad // p.block_q_bwd)
+        args += [pad_axis(qs, 1, p.lq_pad, -1), pad_axis(ks, 1, p.lk_pad, -2), lo, hi]
+    dq0 = jnp.zeros((b, p.lq_pad, p.q_heads, p.head_dim), jnp.float32)
+    out_type = [jax.ShapeDtypeStruct(dq0.shape, jnp.float32),
+                jax.ShapeDtypeStruct((b, p.lk_pad, p.kv_heads, p.head_dim), k.dtype),
+                jax.ShapeDtypeStruct((b, p.lk_pad, p.kv_heads, p.head_dim), v.dtype)]
+    if p.count:
+        out_type.append(jax.ShapeDtypeStruct((b, n_kt, p.kv_heads, NUM_CONSUMERS), jnp.int32))
+    outs = _mgpu.kernel(
+        functools.partial(_backward_kernel, p), out_type=out_type, grid=(n_kt, p.kv_heads, b),
+        grid_names=("k", "h", "b"), num_threads=NUM_CONSUMERS + 1, compiler_params=_params(p),
+        interpret=_interpret(p), input_output_aliases={len(args): 0})(*args, dq0)
+    dq, dk, dv = outs[:3]
+    return (dq[:, :p.q_len].astype(q.dtype), dk[:, :p.kv_len], dv[:, :p.kv_len],
+            outs[3] if p.count else None)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention(p: _Plan, q, k, v, qs, ks):
+    return _forward(p, q, k, v, qs, ks)[0]
+
+
+def _attention_fwd(p, q, k, v, qs, ks):
+    out, lse, _ = _forward(p, q, k, v, qs, ks)
+    return out, (q, k, v, qs, ks, out, lse)
+
+
+def _attention_bwd(p, res, do):
+    q, k, v, qs, ks, out, lse = res
+    dq, dk, dv, _ = _backward(p, q, k, v, qs, ks, out, lse, do)
+    return dq, dk, dv, None, None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def attention(q, k, v, *, causal: bool, q_segment_ids, kv_segment_ids, sm_scale: float,
+              block_sizes: Optional[BlockSizes] = None, interpret=False):
+    """Blockwise attention on Mosaic GPU (sm90); inputs already validated by common.check_inputs.
+
+    `interpret`: False (compiled; needs a Hopper GPU), True (GPU interpret mode on CPU) or an
+    InterpretGPUParams (say, with detect_races=True). Raises NotImplementedError for inputs the
+    kernels do not take (dispatch falls through) and RuntimeError when asked to compile without a GPU.
+    """
+    p = _plan(q, k, causal, q_segment_ids is not None, sm_scale, block_sizes, interpret)
+    _mgpu.check_device("pallas_mosaic_gpu", interpret)
+    return _attention(p, q, k, v, q_segment_ids, kv_segment_ids)
+
+
+def tile_visits(q, k, v, *, causal, q_segment_ids, kv_segment_ids, sm_scale, block_sizes=None,
+                interpret=True) -> dict:
+    """How many (query tile, key tile) products each kernel computed, counted by the kernels
+    themselves: {"forward": n, "dkv": n} (the backward's one kernel also makes dq)."""
+    p = _plan(q, k, causal, q_segment_ids is not None, sm_scale, block_sizes, interpret, count=True)
+    out, lse, fwd = _forward(p, q, k, v, q_segment_ids, kv_segment_ids)
+    *_, bwd = _backward(p, q, k, v, q_segment_ids, kv_segment_ids, out, lse, jnp.ones_like(out))
+    return {"forward": int(jnp.sum(fwd)), "dkv": int(jnp.sum(bwd))}
