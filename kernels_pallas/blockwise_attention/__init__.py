@@ -24,7 +24,7 @@ from kernels_pallas.blockwise_attention.common import BlockSizes, check_inputs
 
 __all__ = ["blockwise_attention", "BlockSizes", "IMPLEMENTATIONS", "PREFERENCE"]
 
-IMPLEMENTATIONS = _dispatch.check_names(__name__, ("reference", "xla", "pallas_tpu", "pallas_gpu"))
+IMPLEMENTATIONS = _dispatch.check_names(__name__, ("reference", "xla", "pallas_tpu", "pallas_gpu", "pallas_mosaic_gpu"))
 PREFERENCE = _dispatch.PREFERENCE
 
 
