@@ -23,7 +23,7 @@ from kernels_pallas.lean_decode_attention.common import check_inputs
 
 __all__ = ["lean_decode_attention", "IMPLEMENTATIONS", "PREFERENCE", "default_num_programs"]
 
-IMPLEMENTATIONS = _dispatch.check_names(__name__, ("reference", "xla", "pallas_gpu", "pallas_tpu"))
+IMPLEMENTATIONS = _dispatch.check_names(__name__, ("reference", "xla", "pallas_gpu", "pallas_tpu", "pallas_mosaic_gpu"))
 PREFERENCE = _dispatch.PREFERENCE
 
 
