@@ -193,10 +193,11 @@ def _measured(entry: Mapping) -> str:
 
 
 def plan(default: Sequence[str], available: Collection[str], key: Optional[TableKey] = None,
-         platform: Optional[str] = None) -> Plan:
+         platform: Optional[str] = None, device=None) -> Plan:
     """The order implementation=None tries: `key`'s table entry (its ranking, then the default
     order's unmeasured names, without those it rejects), else `default` minus failed
-    preconditions; only names in `available`; nothing after 'xla', which takes every input."""
+    preconditions (checked on `device`, default jax.devices()[0]); only names in `available`;
+    nothing after 'xla', which takes every valid input."""
     platform = platform or jax.default_backend()
     entry = lookup(key) if key is not None else None
     dropped = []
@@ -208,7 +209,7 @@ def plan(default: Sequence[str], available: Collection[str], key: Optional[Table
             if n not in available or n in ranked:
                 continue
             why = (f"rejected by the table: {rejected[n]}" if n in rejected else
-                   precondition(n, key.dtype))  # unmeasured here: the static checks apply
+                   precondition(n, key.dtype, device))  # unmeasured here: the static checks apply
             if why:
                 dropped.append((n, why))
             else:
@@ -223,7 +224,7 @@ def plan(default: Sequence[str], available: Collection[str], key: Optional[Table
         for n in default:
             if n not in available:
                 continue
-            why = precondition(n, key.dtype if key else None)
+            why = precondition(n, key.dtype if key else None, device)
             if why:
                 dropped.append((n, why))
             else:
