@@ -232,6 +232,8 @@ def test_an_unimportable_implementation_is_skipped_and_naming_it_says_why(monkey
 ])
 def test_cudnn_refuses_what_it_cannot_compute_exactly(args, kwargs, message):
     dtype, lq, lk, d = args
+    if d > 128 and ba_cudnn.max_head_dim() >= d:
+        pytest.skip(f"this GPU's cuDNN takes head_dim {d}")  # from Hopper on
     q, k, v = _qkv(lq=lq, lk=lk, d=d, dtype=dtype)
     with pytest.raises(NotImplementedError, match=message):
         ba.blockwise_attention(q, k, v, implementation="cudnn", **kwargs)
@@ -285,8 +287,8 @@ def test_cudnn_calls_follow_our_conventions(monkeypatch):
 def cudnn_lowering(monkeypatch):
     """jax lowers its cuDNN custom calls for CUDA without a GPU once it can name a cuDNN version,
     which only the CUDA plugin (absent here) provides: pretend 9.10."""
-    from jax._src.cudnn import fused_attention_stablehlo as fa
-    from jax._src.lib import cuda_versions
+    fa = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo", reason="jax moved its cuDNN lowering")
+    cuda_versions = getattr(pytest.importorskip("jax._src.lib"), "cuda_versions", None)
     if cuda_versions is None:
         monkeypatch.setattr(fa, "check_cudnn_version", lambda: 91000)
 
