@@ -2,24 +2,33 @@
 new token per sequence against its KV cache).
 
 `dot_product_attention` and `decode_attention` validate shapes, then dispatch through their Op
-(fintrans.ops.dispatch): implementation=None tries the platform's kernel and falls through on
+(fintrans.ops.dispatch): implementation=None follows the kernels' dispatch table for the call's
+device, dtype, head_dim and shape bucket (kernels_pallas/_dispatch.py; the same table and buckets
+as kernels_pallas.blockwise_attention and lean_decode_attention), else the platform's default
+order (GPU: cudnn, pallas_mosaic_gpu, pallas_gpu, then xla), falling through on
 NotImplementedError to 'xla'; a named implementation is used as asked, never replaced.
+`fintrans.ops.explain("attention", q, k, v, causal=True)` says which and why.
 
 attention implementations:
-  xla            blockwise when the score matrix is large (>= BLOCKWISE_MIN_SCORES entries) and the
-                 inputs allow it, dense otherwise; always works
-  xla_dense      one [q_len, kv_len] score matrix per head: any bias or mask
-  xla_blockwise  kernels_pallas.blockwise_attention's XLA online softmax: O(length) memory
-  reference      kernels_pallas.blockwise_attention's dense float32 oracle (same inputs as blockwise)
-  pallas_gpu     the Pallas Triton kernel (preferred on GPU)
-  pallas_tpu     the Pallas Mosaic kernel (preferred on TPU)
-The blockwise kernels take causal masks, segment ids and key-padding masks ([batch|1, 1, 1, kv_len],
-folded into segment ids); an additive bias, a per-query mask or values with their own head_dim
-raise NotImplementedError, which sends implementation=None on to dense XLA.
+  xla                blockwise when the score matrix is large (>= BLOCKWISE_MIN_SCORES entries) and
+                     the inputs allow it, dense otherwise; always works
+  xla_dense          one [q_len, kv_len] score matrix per head: any bias or mask
+  xla_blockwise      kernels_pallas.blockwise_attention's XLA online softmax: O(length) memory
+  reference          kernels_pallas.blockwise_attention's dense float32 oracle (same inputs as blockwise)
+  pallas_gpu         the Pallas Triton kernel (GPU)
+  pallas_mosaic_gpu  the Pallas Mosaic GPU kernel (Hopper; unavailable until its module exists)
+  cudnn              cuDNN's fused kernel (GPU): no segment ids or masks; causal only with
+                     q_len == kv_len; bfloat16/float16
+  pallas_tpu         the Pallas Mosaic kernel (preferred on TPU)
+The kernel-backed ones run per shard under a mesh. The blockwise kernels take causal masks, segment
+ids and key-padding masks ([batch|1, 1, 1, kv_len], folded into segment ids); an additive bias, a
+per-query mask or values with their own head_dim raise NotImplementedError, which sends
+implementation=None on to dense XLA.
 
-decode_attention implementations: xla, reference, pallas_gpu, pallas_tpu (kernels_pallas.
-lean_decode_attention: stream-K lean decode, run per (batch, heads) shard under a mesh) and
-xla_dense (masked dense attention over the whole cache).
+decode_attention implementations: xla, reference, pallas_gpu, pallas_mosaic_gpu, cudnn, pallas_tpu
+(kernels_pallas.lean_decode_attention: stream-K lean decode, or cuDNN with per-sequence key
+lengths; run per (batch, heads) shard under a mesh) and xla_dense (masked dense attention over the
+whole cache).
 """
 from __future__ import annotations
 
@@ -182,13 +191,20 @@ def _xla_attention(q, k, v, **kwargs):
     return _dense_attention(q, k, v, **kwargs)
 
 
-ATTENTION = Op("attention", check=_check_shapes,
+def _attention_key(q, k, v, *, causal=False, **_):
+    return blockwise.table_key(q, k, bool(causal))
+
+
+ATTENTION = Op("attention", check=_check_shapes, table_key=_attention_key,
                doc="softmax(q·kᵀ·scale + bias, masked)·v on [batch, length, heads, head_dim]")
 ATTENTION.register("xla_dense", _dense_attention)
 ATTENTION.register("xla_blockwise", _xla_blockwise)
 ATTENTION.register("reference", _blockwise("reference"))
 ATTENTION.register("xla", _xla_attention)
+# Registered slowest first: newest first is the GPU default order without a table entry.
 ATTENTION.register("pallas_gpu", _blockwise("pallas_gpu", sharded=True), platforms=("gpu",))
+ATTENTION.register("pallas_mosaic_gpu", _blockwise("pallas_mosaic_gpu", sharded=True), platforms=("gpu",))
+ATTENTION.register("cudnn", _blockwise("cudnn", sharded=True), platforms=("gpu",))
 ATTENTION.register("pallas_tpu", _blockwise("pallas_tpu", sharded=True), platforms=("tpu",))
 
 
@@ -211,8 +227,9 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, bias: Optional[Array]
       segment_ids: int [batch, length] (shared) or a (q_segments, kv_segments) pair; tokens attend
         only within their segment.
       scale: defaults to head_dim ** -0.5.
-      implementation: None picks the best for the platform and falls through to 'xla' on
-        NotImplementedError; a name forces that implementation.
+      implementation: None picks the fastest correct one here (the dispatch table, else the
+        platform's default order) and falls through to 'xla' on NotImplementedError; a name forces
+        that implementation.
     Returns:
       [batch, q_len, heads, v's head_dim] in q's dtype. Queries with no visible key give zeros.
     """
@@ -243,12 +260,18 @@ def _check_decode(q, k_cache, v_cache, lengths, *, scale=None):
     lean.common.check_inputs(q, k_cache, v_cache, lengths, scale)
 
 
-DECODE = Op("decode_attention", check=_check_decode,
+def _decode_key(q, k_cache, v_cache, lengths, **_):
+    return lean.table_key(q, k_cache)
+
+
+DECODE = Op("decode_attention", check=_check_decode, table_key=_decode_key,
             doc="one query token per sequence against the first lengths[b] tokens of its KV cache")
 DECODE.register("xla_dense", _dense_decode)
 DECODE.register("reference", _lean("reference"))
 DECODE.register("xla", _lean("xla"))
-DECODE.register("pallas_gpu", _lean("pallas_gpu"), platforms=("gpu",))
+DECODE.register("pallas_gpu", _lean("pallas_gpu"), platforms=("gpu",))  # slowest first, as ATTENTION
+DECODE.register("pallas_mosaic_gpu", _lean("pallas_mosaic_gpu"), platforms=("gpu",))
+DECODE.register("cudnn", _lean("cudnn"), platforms=("gpu",))
 DECODE.register("pallas_tpu", _lean("pallas_tpu"), platforms=("tpu",))
 
 
@@ -260,8 +283,8 @@ def decode_attention(q: Array, k_cache: Array, v_cache: Array, lengths: Array, *
       q: [batch, q_heads, head_dim]; k_cache, v_cache: [batch, max_len, kv_heads, head_dim].
       lengths: int [batch], the cached tokens each query sees (its own included).
       scale: defaults to head_dim ** -0.5.
-      implementation: None (the platform's lean decode kernel, falling through to 'xla') or one of
-        DECODE.names(): the lean kernel's xla/reference/pallas_gpu/pallas_tpu, or xla_dense.
+      implementation: None (the fastest correct kernel here, falling through to 'xla') or one of
+        DECODE.names(): the lean kernel package's xla/reference/pallas_*/cudnn, or xla_dense.
     Returns:
       [batch, q_heads, head_dim] in q's dtype.
     """

@@ -6,15 +6,22 @@ An op is declared once and its implementations registered on it:
     MY_OP.register("xla", xla_fn)                                    # always works: last in every fallthrough
     MY_OP.register("pallas_gpu", gpu_fn, platforms=("gpu",))         # preferred on GPU
     MY_OP(x, w, implementation=None)                                 # dispatch
+    print(MY_OP.explain(x, w))                                       # what it would run, and why
 
 Every op lives in the `OPS` registry (fintrans.registry.Registry) and its implementations in the
 op's own Registry, so an unknown op or implementation name raises an error naming the valid ones.
 
-Implementation names are one scheme across ops (see IMPLEMENTATION_NAMES). Dispatch rules:
+Implementation names are one scheme across ops (see IMPLEMENTATION_NAMES). Dispatch rules (the
+loop is kernels_pallas._dispatch.run, shared with the kernel packages):
   * implementation=None tries the platform's preferred implementations in registration order
-    (newest first), falling through on NotImplementedError (an input the kernel does not take) to
-    'xla', which must accept every valid input;
+    (newest first), falling through on NotImplementedError (an input the kernel does not take) or
+    an unavailable kernel module to 'xla', which must accept every valid input. An op declared with
+    `table_key` (attention, decode) first follows the kernels' committed dispatch table for the
+    call's device, dtype, head_dim and shape bucket: its measured order, then the unmeasured ones,
+    without those the table rejects (kernels_pallas/_dispatch.py);
   * a named implementation is used as asked, never replaced: its NotImplementedError propagates.
+`explain(op_name, *args, **kwargs)` says which implementation a call would use and why, by tracing
+it with jax.eval_shape (nothing runs).
 
 `per_shard` is the one shard_map wrapper: an opaque kernel call (Pallas, a custom call) cannot be
 split by XLA, which would gather every input onto every device; per_shard runs it on each device's
@@ -33,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from fintrans import axes
 from fintrans.registry import Registry
+from kernels_pallas import _dispatch as kernel_dispatch
 
 # The implementation names every op uses, with what each means. An op registers the subset it has.
 IMPLEMENTATION_NAMES = {
@@ -40,10 +48,10 @@ IMPLEMENTATION_NAMES = {
     "xla_dense": "plain XLA with the full [q_len, kv_len] score matrix; any bias or mask",
     "xla_blockwise": "plain XLA online softmax over tiles (kernels_pallas.blockwise_attention's xla)",
     "reference": "the kernel package's dense float32/float64 oracle (tests)",
-    "pallas_gpu": "Pallas kernel, Triton lowering (preferred on GPU)",
+    "pallas_gpu": "Pallas kernel, Triton lowering (GPU)",
     "pallas_tpu": "Pallas kernel, Mosaic TPU lowering (preferred on TPU)",
-    "pallas_mosaic_gpu": "Pallas kernel, Mosaic GPU lowering (reserved)",
-    "cudnn": "cuDNN fused kernel (reserved)",
+    "pallas_mosaic_gpu": "Pallas kernel, Mosaic GPU lowering (Hopper GPUs)",
+    "cudnn": "cuDNN's fused kernel through jax.nn.dot_product_attention (NVIDIA GPUs; the inputs it computes exactly)",
 }
 PLATFORMS = ("cpu", "gpu", "tpu")
 
@@ -57,9 +65,13 @@ class Implementation:
 class Op:
     """A kernel-backed op: an input check, named implementations and the fall-through dispatch."""
 
-    def __init__(self, name: str, *, check: Optional[Callable[..., None]] = None, doc: str = ""):
+    def __init__(self, name: str, *, check: Optional[Callable[..., None]] = None, doc: str = "",
+                 table_key: Optional[Callable[..., kernel_dispatch.TableKey]] = None):
+        """table_key(*args, **kwargs): the call's key in the kernels' dispatch table, for an op
+        whose implementation=None should follow the measured order (None: registration order)."""
         self.name = name
         self.check = check
+        self.table_key = table_key
         self.__doc__ = doc or f"The {name} op."
         self.implementations: Registry[Implementation] = Registry(f"{name} implementation")
         self._preferred: list[str] = []  # newest first
@@ -96,18 +108,26 @@ class Op:
         names = [n for n in self._preferred if platform in self.implementations.get(n).platforms]
         return tuple(names) + ("xla",)
 
+    def plan(self, *args, **kwargs) -> kernel_dispatch.Plan:
+        """What implementation=None tries for these inputs, in order, and where the order comes
+        from: the dispatch table's entry for table_key(*args, **kwargs), else preference()."""
+        default = self.preference()
+        key = self.table_key(*args, **kwargs) if self.table_key is not None else None
+        return kernel_dispatch.plan(default, default, key)
+
     def __call__(self, *args, implementation: Optional[str] = None, **kwargs):
         if self.check is not None:
             self.check(*args, **kwargs)  # input errors before any fallthrough
         if implementation is not None:
             self.validate(implementation)
-            return self.implementations.get(implementation).fn(*args, **kwargs)
-        for name in self.preference():
-            try:
-                return self.implementations.get(name).fn(*args, **kwargs)
-            except NotImplementedError:
-                continue
-        raise AssertionError(f"unreachable: the {self.name} op's xla implementation takes every valid input")
+        return kernel_dispatch.run(self.name, implementation, lambda: self.plan(*args, **kwargs),
+                                   lambda n: self.implementations.get(n).fn, args, kwargs)
+
+    def explain(self, *args, implementation: Optional[str] = None, **kwargs) -> kernel_dispatch.Explanation:
+        """Which implementation self(*args, implementation=..., **kwargs) would run, and why (the
+        table entry and its measured times, or the registration order; each candidate skipped and
+        its reason). Traced with jax.eval_shape: nothing runs."""
+        return kernel_dispatch.explain(self, *args, implementation=implementation, **kwargs)
 
     def __repr__(self):
         return f"Op({self.name!r}, implementations={list(self.names())})"
@@ -119,6 +139,12 @@ OPS: Registry[Op] = Registry("op", load=("fintrans.ops.attention", "fintrans.ops
 
 def get(name: str) -> Op:
     return OPS.get(name)
+
+
+def explain(name: str, *args, **kwargs) -> kernel_dispatch.Explanation:
+    """Which implementation op `name` would run on these inputs, and why, e.g.
+    `explain("attention", q, k, v, causal=True)`; see Op.explain."""
+    return get(name).explain(*args, **kwargs)
 
 
 # --- the one per-shard wrapper ---

@@ -2,15 +2,19 @@
 cache, with the work split into equal shares of valid cache tiles over a fixed number of programs
 (see common.py for the schedule and the log-sum-exp merge).
 
-    from kernels_pallas.lean_decode_attention import lean_decode_attention
+    from kernels_pallas.lean_decode_attention import lean_decode_attention, explain
     out = lean_decode_attention(q, k_cache, v_cache, lengths)     # q [batch, q_heads, head_dim]
+    print(explain(q, k_cache, v_cache, lengths))                  # which implementation, and why
 
 Implementations: `reference` (dense, the oracle), `xla` (the same schedule in plain XLA: programs
 advance in lockstep, one tile each per step; runs anywhere), `pallas_gpu` (Triton: one program per
-share, looping over its tiles) and `pallas_tpu` (Mosaic: a static (programs, steps) grid driven by
-the scalar-prefetched schedule).
-`implementation=None` tries the platform's kernel and falls through to `xla` on
-NotImplementedError. Not differentiable: decoding needs no gradients.
+share, looping over its tiles), `pallas_tpu` (Mosaic: a static (programs, steps) grid driven by
+the scalar-prefetched schedule), `pallas_mosaic_gpu` (Mosaic GPU, Hopper; unavailable until its
+module exists) and `cudnn` (jax.nn.dot_product_attention with key_value_seq_lengths, cudnn.py).
+`implementation=None` follows the dispatch table's measured order for this device, dtype,
+head_dim and `bucket`, else the platform's PREFERENCE (GPU: cudnn, pallas_mosaic_gpu, pallas_gpu,
+xla), falling through on NotImplementedError and past unavailable modules to `xla`.
+Not differentiable: decoding needs no gradients.
 """
 from __future__ import annotations
 
@@ -21,10 +25,23 @@ import jax
 from kernels_pallas import _dispatch
 from kernels_pallas.lean_decode_attention.common import check_inputs
 
-__all__ = ["lean_decode_attention", "IMPLEMENTATIONS", "PREFERENCE", "default_num_programs"]
+__all__ = ["lean_decode_attention", "explain", "bucket", "IMPLEMENTATIONS", "PREFERENCE", "TABLE_OP",
+           "default_num_programs"]
 
-IMPLEMENTATIONS = _dispatch.check_names(__name__, ("reference", "xla", "pallas_gpu", "pallas_tpu", "pallas_mosaic_gpu"))
-PREFERENCE = _dispatch.PREFERENCE
+IMPLEMENTATIONS = _dispatch.check_names(__name__, ("reference", "xla", "pallas_gpu", "pallas_tpu",
+                                                   "pallas_mosaic_gpu", "cudnn"))
+PREFERENCE = dict(_dispatch.ATTENTION_PREFERENCE)
+TABLE_OP = "lean_decode_attention"  # this op's name in the dispatch table
+
+
+def bucket(batch: int, max_len: int) -> str:
+    """The dispatch table's shape bucket: batch and cache length rounded up to powers of two. How
+    ragged the lengths are is a value, unknown when the choice is made (at trace time)."""
+    return f"b{_dispatch.pow2_bucket(batch)}/len{_dispatch.pow2_bucket(max_len)}"
+
+
+def table_key(q, k_cache) -> _dispatch.TableKey:
+    return _dispatch.table_key(TABLE_OP, q.dtype, q.shape[-1], bucket(q.shape[0], k_cache.shape[1]))
 
 
 def default_num_programs(platform: Optional[str] = None) -> int:
@@ -49,7 +66,8 @@ def lean_decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, 
       sm_scale: defaults to head_dim ** -0.5.
       block_k: cached tokens per work unit (None: the implementation's default).
       num_programs: programs sharing the work (None: `default_num_programs()`).
-      implementation: one of IMPLEMENTATIONS or None; interpret: Pallas interpret mode.
+      implementation: one of IMPLEMENTATIONS or None (the fastest correct one, `explain`);
+        interpret: Pallas interpret mode.
     Returns:
       [batch, q_heads, head_dim] in q's dtype.
     """
@@ -60,4 +78,10 @@ def lean_decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, 
     kwargs = dict(sm_scale=scale, block_k=block_k,
                   num_programs=num_programs or default_num_programs(), interpret=interpret)
     return _dispatch.dispatch(__name__, IMPLEMENTATIONS, PREFERENCE, implementation, q, k_cache, v_cache, lengths,
-                              **kwargs)
+                              table_key=table_key(q, k_cache), **kwargs)
+
+
+def explain(q, k_cache, v_cache, lengths, **kwargs) -> _dispatch.Explanation:
+    """Which implementation lean_decode_attention(q, k_cache, v_cache, lengths, **kwargs) would
+    run, and why; traced with jax.eval_shape (nothing runs; arrays may be ShapeDtypeStructs)."""
+    return _dispatch.explain(lean_decode_attention, q, k_cache, v_cache, lengths, **kwargs)
