@@ -7,10 +7,15 @@
 GPU mode (jax.default_backend() == "gpu"): random bf16 inputs [batch, length, 16 heads, head_dim]
 with batch * length = 16,384 tokens (B8 L2k, B4 L4k, B2 L8k, B1 L16k: the anchors' shapes), head_dim
 128 and 64, causal and not; forward and forward+backward (the gradient of sum(output) w.r.t. q, k, v).
-Timed: ours `pallas_gpu` and `xla` (kernels_pallas.blockwise_attention), and the anchors
-jax.nn.dot_product_attention(implementation="cudnn"), jax's stock Pallas Triton flash kernel
-(jax.experimental.pallas.ops.gpu.attention.mha) and jax.nn.dot_product_attention(implementation="xla")
-(dense; skipped above 8k like the anchors). Each figure is the median of 3 batches of 20 back-to-back
+Timed: ours (kernels_pallas.blockwise_attention) `pallas_mosaic_gpu`, `pallas_gpu` (Triton), the
+dispatcher's default (implementation=None: 'ours_default') and `xla`, and the anchors
+jax.nn.dot_product_attention(implementation="cudnn"), jax's Mosaic GPU flash attention
+(jax.experimental.pallas.ops.gpu.attention_mgpu, float16 only; its backward is non-causal only),
+jax's Pallas Triton flash kernel (jax.experimental.pallas.ops.gpu.attention.mha) and
+jax.nn.dot_product_attention(implementation="xla") (dense; skipped above 8k like the anchors).
+`run_targets` is the target shape alone (B2 L8k H16 D128, each figure checked against a float32
+oracle, targets: forward >= 1.0x cuDNN, forward+backward >= 0.9x), which experiments.bench.targets
+runs with decode's and window's. Each figure is the median of 3 batches of 20 back-to-back
 calls, the timing of the published anchor figures this compares with. Every entry's output (and gradients) is compared with the
 first anchor that ran on that shape; a mismatch is flagged, never hidden.
 
@@ -309,7 +314,8 @@ def run_targets(report, *, smoke=False, deadline=None, tokamax=None):
                                         oracle="float32 dense attention on batch 0, heads 0-1")
     q, k, v = jax.jit(lambda key: tuple(jax.random.normal(kk, (B, L, H, d), jnp.float32).astype(dtype)
                                         for kk in jax.random.split(key, 3)))(jax.random.key(0))
-    sq, sk, sv = (oracle_slice(x) for x in (q, k, v))
+    # float32 slices: the oracle's gradients come back in float32, not rounded to the inputs' dtype.
+    sq, sk, sv = (oracle_slice(x).astype(jnp.float32) for x in (q, k, v))
     for causal in (False, True):
         want = {"fwd": jax.jit(lambda q, k, v: attention_oracle(q, k, v, causal=causal))(sq, sk, sv),
                 "fwd_bwd": fwd_bwd_of(lambda q, k, v: attention_oracle(q, k, v, causal=causal))(sq, sk, sv)}

@@ -199,9 +199,11 @@ def run_targets(report, *, smoke=False, deadline=None, tokamax=None, peak=None):
     q, k, v, ct = normals(gs, 4, (g, gs, h, d), dtype)
     part = lambda x: x[:ORACLE_GROUPS]
     oracle = lambda q, k, v: attention_oracle(q, k, v)
-    want = {"fwd": jax.jit(oracle)(part(q), part(k), part(v)),
-            "fwd_bwd": jax.jit(lambda q, k, v, ct: jax.vjp(oracle, q, k, v)[1](ct))(part(q), part(k), part(v),
-                                                                                   part(ct).astype(jnp.float32))}
+    # float32 copies: the oracle's gradients come back in float32, not rounded to the inputs' dtype.
+    q32, k32, v32, ct32 = (part(x).astype(jnp.float32) for x in (q, k, v, ct))
+    want = {"fwd": jax.jit(oracle)(q32, k32, v32),
+            "fwd_bwd": jax.jit(lambda q, k, v, ct: jax.vjp(oracle, q, k, v)[1](ct))(q32, k32, v32, ct32)}
+    del q32, k32, v32, ct32
     array_bytes = g * gs * h * d * dtype.itemsize
     for pass_, arrays in (("fwd", 4), ("fwd_bwd", 7)):
         floor_ms = 1e3 * arrays * array_bytes / (peak * 1e9)
