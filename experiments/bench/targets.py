@@ -96,7 +96,7 @@ def main(argv=None):
 
 
 def print_rows(rows):
-    print(f"\n{'op':9s} {'pass':7s} {'causal':6s} {'shape':22s} {'impl':23s} {'ms':>9s} {'x cuDNN':>7s} "
+    print(f"\n{'op':9s} {'pass':7s} {'causal':6s} {'shape':26s} {'impl':23s} {'ms':>9s} {'x cuDNN':>7s} "
           f"{'rel_err':>8s} {'ok':3s} note")
     cudnn = {}
     for r in rows:
@@ -112,7 +112,7 @@ def print_rows(rows):
             note = f"{100 * r['fraction_of_floor']:.0f}% of the HBM floor " + note
         elif r.get("gb_per_s"):
             note = f"{r['gb_per_s']:.0f} GB/s " + note
-        print(f"{r['op']:9s} {r['pass']:7s} {str(r['causal']):6s} {shape[:22]:22s} {r['impl'][:23]:23s} "
+        print(f"{r['op']:9s} {r['pass']:7s} {str(r['causal']):6s} {shape[:26]:26s} {r['impl'][:23]:23s} "
               f"{'-' if not r.get('ms') else format(r['ms'], '.3f'):>9s} {'' if ratio is None else format(ratio, '.2f'):>7s} "
               f"{'' if r.get('rel_err') is None else format(r['rel_err'], '.1e'):>8s} "
               f"{'' if r.get('ok') is None else ('yes' if r['ok'] else 'NO'):3s} {note[:100]}")
