@@ -625,7 +625,10 @@ def run_cpu(args, report):
                 reps = args.reps
             flops = attention_flops(1, args.heads_cpu, L, L, args.head_dim_cpu, True, True)
             row = dict(kind="fwd+bwd", impl=impl, B=1, L=L, H=args.heads_cpu, D=args.head_dim_cpu, causal=True,
-                       dtype="float32", flops=flops, warmup=warm, reps=reps, ms=None)
+                       dtype="float32", flops=flops, warmup=warm, reps=reps, ms=None, op="attention",
+                       implementation=None if impl == "dense" else impl, source="anchor" if impl == "dense" else "ours",
+                       batch=1, q_len=L, kv_len=L, q_heads=args.heads_cpu, kv_heads=args.heads_cpu,
+                       head_dim=args.head_dim_cpu, **{"pass": "fwd_bwd"})
             if ok.get(impl) is False:
                 row["error"] = "not timed: its numerics do not match dense (see checks)"
             elif time.time() - t_start > args.time_budget:
