@@ -35,6 +35,11 @@ short keeps its figures); a failing entry records its error and the run goes on.
 5): GPU, grouped attention within 2x of the floor and 2x faster than cuDNN over groups, the layer
 3x faster than the padded one; CPU, ours 'xla' within 1.5x of dense XLA over groups and never
 slower. They are recorded under "targets" with the figures they compare.
+
+`run_targets` is the issue's target shape alone (262,144 tokens in groups of 128, 8 heads of 16,
+bf16; ours, cuDNN and XLA over the groups, each figure checked against a float32 oracle on the first
+groups; target: within 2x of the HBM floor), which experiments.bench.targets runs with attention's
+and decode's.
 """
 from __future__ import annotations
 
