@@ -7,10 +7,15 @@
 GPU mode (jax.default_backend() == "gpu"): random bf16 inputs [batch, length, 16 heads, head_dim]
 with batch * length = 16,384 tokens (B8 L2k, B4 L4k, B2 L8k, B1 L16k: the anchors' shapes), head_dim
 128 and 64, causal and not; forward and forward+backward (the gradient of sum(output) w.r.t. q, k, v).
-Timed: ours `pallas_gpu` and `xla` (kernels_pallas.blockwise_attention), and the anchors
-jax.nn.dot_product_attention(implementation="cudnn"), jax's stock Pallas Triton flash kernel
-(jax.experimental.pallas.ops.gpu.attention.mha) and jax.nn.dot_product_attention(implementation="xla")
-(dense; skipped above 8k like the anchors). Each figure is the median of 3 batches of 20 back-to-back
+Timed: ours (kernels_pallas.blockwise_attention) `pallas_mosaic_gpu`, `pallas_gpu` (Triton), the
+dispatcher's default (implementation=None: 'ours_default') and `xla`, and the anchors
+jax.nn.dot_product_attention(implementation="cudnn"), jax's Mosaic GPU flash attention
+(jax.experimental.pallas.ops.gpu.attention_mgpu, float16 only; its backward is non-causal only),
+jax's Pallas Triton flash kernel (jax.experimental.pallas.ops.gpu.attention.mha) and
+jax.nn.dot_product_attention(implementation="xla") (dense; skipped above 8k like the anchors).
+`run_targets` is the target shape alone (B2 L8k H16 D128, each figure checked against a float32
+oracle, targets: forward >= 1.0x cuDNN, forward+backward >= 0.9x), which experiments.bench.targets
+runs with decode's and window's. Each figure is the median of 3 batches of 20 back-to-back
 calls, the timing of the published anchor figures this compares with. Every entry's output (and gradients) is compared with the
 first anchor that ran on that shape; a mismatch is flagged, never hidden.
 
@@ -44,7 +49,7 @@ import time
 import traceback
 
 from experiments.bench.harness import (GIB, REPO, RESULTS_DIR, Report, error_text, fmt, max_abs, mem_available,
-                                       mem_total, proc_status, rel_diff, timed_batches)
+                                       mem_total, proc_status, rel_diff, rel_err, timed_batches)
 
 RESULT_MARK = "@@RESULT@@"
 
@@ -74,32 +79,74 @@ def make_report(args, mode) -> Report:
 
 
 # ---------------------------------------------------------------------------------------------
-# GPU mode
+# The implementations timed on a GPU (full matrix and target shapes)
 # ---------------------------------------------------------------------------------------------
-GPU_IMPLS = ("jax_cudnn", "stock_triton", "jax_xla", "ours_pallas_gpu", "ours_xla")
-ANCHORS = {"jax_cudnn": "cudnn", "stock_triton": "triton", "jax_xla": "xla"}
-OURS = ("ours_pallas_gpu", "ours_xla")
+GPU_IMPLS = ("jax_cudnn", "jax_mgpu", "jax_triton", "jax_xla", "ours_pallas_mosaic_gpu", "ours_pallas_gpu",
+             "ours_default", "ours_xla")
+ANCHORS = {"jax_cudnn": "cudnn", "jax_triton": "triton", "jax_xla": "xla"}  # short names for the ratio columns
+OURS = ("ours_pallas_mosaic_gpu", "ours_pallas_gpu", "ours_default", "ours_xla")
+# jax's Mosaic GPU flash attention (FlashAttention-3 style; f16 only: its kernels stage q, k, v through
+# float16 shared memory). Forward blocks as its own benchmark; the backward needs its four blocks and
+# runs non-causal only (causal raises NotImplementedError, which the row records).
+MGPU_CONFIG = dict(block_q=64, block_kv=128, max_concurrent_steps=2,
+                   block_q_dkv=64, block_kv_dkv=64, block_q_dq=64, block_kv_dq=64)
 
 
-def gpu_attention_fn(name, causal, d):
+def impl_spec(name, causal, d, *, interpret=False, tokamax=None):
+    """How to run `name` on [batch, length, heads, head_dim] inputs: dict(fn, prepare, unprepare,
+    implementation, source[, dtype, note]). prepare(q, k, v) -> the arguments fn takes (outside the
+    timed call); unprepare(grads) -> the gradients with respect to the original q, k, v."""
     import jax
+    import jax.numpy as jnp
     from kernels_pallas.blockwise_attention import blockwise_attention
     scale = d ** -0.5
+    spec = dict(prepare=lambda q, k, v: (q, k, v), unprepare=lambda g: g, source="anchor", implementation=None)
     if name == "jax_cudnn":
-        return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
-    if name == "jax_xla":
-        return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
-    if name == "stock_triton":
-        from jax.experimental.pallas.ops.gpu import attention as tri
-        # [batch, seq, heads, dim] like ours; sm_scale defaults to 1.0 there, so pass it.
-        return lambda q, k, v: tri.mha(q, k, v, segment_ids=None, sm_scale=scale, causal=causal)
-    if name == "ours_pallas_gpu":
-        return lambda q, k, v: blockwise_attention(q, k, v, causal=causal, implementation="pallas_gpu")
-    if name == "ours_xla":
-        return lambda q, k, v: blockwise_attention(q, k, v, causal=causal, implementation="xla")
-    raise ValueError(name)
+        # What our `cudnn` implementation calls (hence implementation='cudnn').
+        spec.update(fn=lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn"),
+                    implementation="cudnn")
+    elif name == "jax_xla":
+        spec.update(fn=lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla"))
+    elif name == "jax_triton":
+        def fn(q, k, v):
+            from jax.experimental.pallas.ops.gpu import attention as tri
+            # [batch, seq, heads, dim] like ours; sm_scale defaults to 1.0 there, so pass it.
+            return tri.mha(q, k, v, segment_ids=None, sm_scale=scale, causal=causal, interpret=interpret)
+        spec.update(fn=fn)
+    elif name == "jax_mgpu":
+        def fn(q, k, v):
+            from jax.experimental.pallas.ops.gpu import attention_mgpu as mg
+            return mg.attention(q, k, v, mg.TuningConfig(causal=causal, **MGPU_CONFIG))
+        # It applies no softmax scale: scale q beforehand (untimed), and dq back for the check.
+        spec.update(fn=fn, dtype="float16", note="float16 inputs, q pre-scaled by head_dim**-0.5 (untimed)",
+                    prepare=lambda q, k, v: ((q.astype(jnp.float32) * scale).astype(jnp.float16),
+                                             k.astype(jnp.float16), v.astype(jnp.float16)),
+                    unprepare=lambda g: (g[0] * scale, g[1], g[2]))
+    elif name == "tokamax_mosaic":
+        if tokamax is None:
+            raise ValueError("tokamax_mosaic needs the tokamax module")
+        spec.update(fn=lambda q, k, v: tokamax.dot_product_attention(q, k, v, is_causal=causal,
+                                                                     implementation="mosaic"))
+    elif name.startswith("ours_"):
+        impl = name[len("ours_"):]
+        impl = None if impl == "default" else impl
+        spec.update(fn=lambda q, k, v: blockwise_attention(q, k, v, causal=causal, implementation=impl),
+                    implementation=impl, source="ours")
+    else:
+        raise ValueError(f"unknown implementation {name!r}")
+    return spec
 
 
+def fwd_bwd_of(f):
+    """The gradient of sum(f(q, k, v)) with respect to q, k, v (the anchors' forward+backward)."""
+    import jax
+    import jax.numpy as jnp
+    return jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2)))
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU mode: the full matrix
+# ---------------------------------------------------------------------------------------------
 def run_gpu(args, report):
     import jax
     import jax.numpy as jnp
@@ -144,7 +191,9 @@ def run_gpu(args, report):
                     base = None  # (name, output) of the first anchor that ran on this shape
                     for name in impls:
                         row = dict(kind=kind, impl=name, B=B, L=L, H=H, D=d, causal=causal,
-                                   dtype=dtype.name, flops=flops, ms=None)
+                                   dtype=dtype.name, flops=flops, ms=None, op="attention",
+                                   batch=B, q_len=L, kv_len=L, q_heads=H, kv_heads=H, head_dim=d,
+                                   **{"pass": "fwd_bwd" if backward else "fwd"})
                         if time.time() - t_start > args.time_budget:
                             row["error"] = f"skipped: time budget {args.time_budget:.0f}s spent"
                             record(row)
@@ -154,23 +203,22 @@ def run_gpu(args, report):
                             record(row)
                             continue
                         try:
-                            f = gpu_attention_fn(name, causal, d)
-                            if backward:
-                                def loss(q, k, v, f=f):
-                                    return jnp.sum(f(q, k, v).astype(jnp.float32))
-                                fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-                            else:
-                                fn = jax.jit(f)
+                            spec = impl_spec(name, causal, d)
+                            row.update(implementation=spec["implementation"], source=spec["source"])
+                            if "dtype" in spec:
+                                row.update(dtype=spec["dtype"], note=spec["note"])
+                            fn = fwd_bwd_of(spec["fn"]) if backward else jax.jit(spec["fn"])
+                            args_ = spec["prepare"](q, k, v)
                             # Timed through jit's own dispatch, as the anchors were; the first call
                             # compiles (and runs once).
                             t0 = time.perf_counter()
-                            jax.block_until_ready(fn(q, k, v))
+                            jax.block_until_ready(fn(*args_))
                             row["first_call_s"] = time.perf_counter() - t0
-                            sec, batch_s, out = timed_batches(fn, (q, k, v), reps, batches, warmup)
+                            sec, batch_s, out = timed_batches(fn, args_, reps, batches, warmup)
                             row["ms"] = sec * 1e3
                             row["batch_ms"] = [t * 1e3 for t in batch_s]
                             row["tflops"] = flops / sec / 1e12
-                            outs = out if backward else (out,)
+                            outs = spec["unprepare"](out) if backward else (out,)
                             finite = all(bool(jnp.all(jnp.isfinite(x))) for x in outs)
                             row["finite"] = finite
                             if base is None:
@@ -179,9 +227,9 @@ def run_gpu(args, report):
                             else:
                                 diffs = [rel_diff(x, w) for x, w in zip(outs, base[1])]
                                 row["diff_vs"] = base[0]
-                                row["rel_diff"] = max(diffs)
+                                row["rel_diff"] = row["rel_err"] = max(diffs)
                                 limit = tol["grad"] if backward else tol["out"]
-                                row["numerics_ok"] = bool(finite and max(diffs) <= limit)
+                                row["numerics_ok"] = row["ok"] = bool(finite and max(diffs) <= limit)
                                 if not row["numerics_ok"]:
                                     msg = (f"{name} {kind} B{B} L{L} H{H} D{d} causal={causal}: "
                                            f"rel diff {max(diffs):.3g} vs {base[0]} (limit {limit}), finite={finite}")
@@ -227,6 +275,130 @@ def print_gpu_table(rows):
             r["kind"], r["causal"], r["D"], f"{r['B']}x{r['L']}", r["impl"], fmt(r.get("ms"), ".3f"),
             fmt(r.get("tflops"), ".1f"), fmt(sp.get("cudnn"), ".2f", ""), fmt(sp.get("triton"), ".2f", ""),
             fmt(sp.get("xla"), ".2f", ""), fmt(r.get("rel_diff"), ".2e", ""), note[:90]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Target shapes (experiments.bench.targets runs them with decode's and window's in one process)
+# ---------------------------------------------------------------------------------------------
+TARGET_SHAPE = dict(batch=2, length=8192, heads=16, head_dim=128, dtype="bfloat16")  # the anchors' shape
+SMOKE_SHAPE = dict(batch=1, length=256, heads=2, head_dim=64, dtype="float32")       # CPU: checks the script
+# cuDNN (the targets' yardstick) and ours first: a budget that runs out drops the other anchors.
+TARGET_IMPLS = ("jax_cudnn", "ours_pallas_mosaic_gpu", "ours_pallas_gpu", "ours_default", "jax_mgpu", "jax_triton")
+TARGET_OURS = ("ours_pallas_mosaic_gpu", "ours_pallas_gpu", "ours_default")
+# Forward at least as fast as cuDNN, forward+backward at least 0.9x its speed (causal and not).
+TARGET_RATIO = {"fwd": 1.0, "fwd_bwd": 0.9}
+
+
+def oracle_slice(x):
+    """Batch 0, heads 0-1: heads and batch entries are independent, so the gradients of sum(out) on
+    this slice are exactly the slice of the full gradients; a float32 oracle over it stays cheap."""
+    return x[:1, :, :2]
+
+
+def run_targets(report, *, smoke=False, deadline=None, tokamax=None):
+    """L8k D128 bf16 (B2 H16), causal and not, forward and forward+backward: ours (Mosaic GPU,
+    Triton, the dispatcher's default) against cuDNN, jax's Mosaic GPU attention_mgpu, jax's Triton
+    mha (and tokamax when it imports). Each row's output or gradients are checked against the
+    float32 oracle on `oracle_slice`. Smoke (CPU): a tiny shape, jax's Triton kernel in interpret
+    mode, the GPU-only entries recorded as errors."""
+    import jax
+    import jax.numpy as jnp
+    from experiments.bench.harness import attention_oracle, dispatch_choice, measure, row
+    shape = SMOKE_SHAPE if smoke else TARGET_SHAPE
+    B, L, H, d = shape["batch"], shape["length"], shape["heads"], shape["head_dim"]
+    dtype = jnp.dtype(shape["dtype"])
+    reps, batches, warmup = (1, 1, 0) if smoke else (10, 3, 1)
+    impls = list(TARGET_IMPLS) + (["tokamax_mosaic"] if tokamax is not None else [])
+    report.doc["targets_config"] = dict(**shape, impls=impls, reps=reps, batches=batches, warmup=warmup,
+                                        tolerance=TOL[dtype.name], ratio_thresholds=TARGET_RATIO,
+                                        oracle="float32 dense attention on batch 0, heads 0-1")
+    q, k, v = jax.jit(lambda key: tuple(jax.random.normal(kk, (B, L, H, d), jnp.float32).astype(dtype)
+                                        for kk in jax.random.split(key, 3)))(jax.random.key(0))
+    # float32 slices: the oracle's gradients come back in float32, not rounded to the inputs' dtype.
+    sq, sk, sv = (oracle_slice(x).astype(jnp.float32) for x in (q, k, v))
+    want = {}
+    for causal in (False, True):
+        oracle = lambda q, k, v, causal=causal: attention_oracle(q, k, v, causal=causal)
+        want[causal, "fwd"] = jax.jit(oracle)(sq, sk, sv)
+        want[causal, "fwd_bwd"] = fwd_bwd_of(oracle)(sq, sk, sv)
+    # cuDNN and ours on all four (causal, pass) pairs first, then the other anchors: a budget that
+    # runs out costs anchors, not targets.
+    combos = [(c, p) for c in (False, True) for p in ("fwd", "fwd_bwd")]
+    first = [n for n in impls if n == "jax_cudnn" or n in TARGET_OURS]
+    entries = [(c, p, n) for group in (first, [n for n in impls if n not in first]) for c, p in combos for n in group]
+    for causal, pass_, name in entries:
+        flops = attention_flops(B, H, L, L, d, causal, pass_ == "fwd_bwd")
+        tol = TOL[dtype.name]["out" if pass_ == "fwd" else "grad"]
+        r = row("attention", pass_, name, None, source="anchor", dtype=dtype, head_dim=d, batch=B,
+                q_len=L, kv_len=L, q_heads=H, kv_heads=H, causal=causal, flops=flops)
+        try:
+            spec = impl_spec(name, causal, d, interpret=smoke, tokamax=tokamax)
+            r.update(implementation=spec["implementation"], source=spec["source"])
+            if "dtype" in spec:
+                r.update(dtype=spec["dtype"], note=spec["note"])
+            if name == "ours_default" and _copy_dispatched(report, r, dispatch_choice(
+                    "kernels_pallas.blockwise_attention", q, k, v, causal=causal)):
+                continue
+            args = spec["prepare"](q, k, v)
+        except Exception as e:
+            r["error"] = error_text(e)
+            report.add(r, hide=("batch_ms",))
+            continue
+        fn = fwd_bwd_of(spec["fn"]) if pass_ == "fwd_bwd" else spec["fn"]
+
+        def check(out, spec=spec, key=(causal, pass_)):
+            if key[1] == "fwd_bwd":
+                return rel_err(tuple(oracle_slice(g) for g in spec["unprepare"](out)), want[key])
+            return rel_err(oracle_slice(out), want[key])
+        measure(report, r, fn, args, reps=reps, batches=batches, warmup=warmup, deadline=deadline,
+                check=check, tol=tol)
+        if r.get("ms"):
+            r["tflops"] = flops / r["ms"] / 1e9
+        report.doc["targets"] = attention_targets(report.rows)
+        report.save()
+        del args
+    del want
+    report.doc["targets"] = attention_targets(report.rows)
+    report.save()
+
+
+def _copy_dispatched(report, r, choice):
+    """ours_default: when the dispatcher says which implementation it picks and that row ran on this
+    shape, its figures are this row's (the same kernel after the same dispatch): no second compile.
+    Returns whether the row was added."""
+    name, text = choice
+    r["dispatched"], r["explain"] = name, text
+    same = next((x for x in reversed(report.rows) if name and x["impl"] == f"ours_{name}"
+                 and all(x.get(f) == r.get(f) for f in ("op", "pass", "causal", "batch", "q_len", "kv_len", "dtype"))
+                 and x.get("ms") and not x.get("error")), None)
+    if same is None:
+        return False
+    r.update({f: same.get(f) for f in ("ms", "batch_ms", "finite", "rel_err", "tolerance", "ok", "tflops", "gb_per_s",
+                                      "fraction_of_copy", "fraction_of_floor") if f in same},
+             ms_from=same["impl"])
+    report.add(r, hide=("batch_ms",))
+    return True
+
+
+def attention_targets(rows):
+    from experiments.bench.harness import target
+    out = []
+    for causal in (False, True):
+        for pass_, threshold in TARGET_RATIO.items():
+            pick = lambda impl: next((r for r in rows if r.get("op") == "attention" and r["impl"] == impl
+                                      and r["causal"] == causal and r["pass"] == pass_), None)
+            cudnn = pick("jax_cudnn")
+            for ours in TARGET_OURS:
+                r = pick(ours)
+                if r is None or cudnn is None:
+                    continue
+                shape = f"B{r['batch']} L{r['q_len']} H{r['q_heads']} D{r['head_dim']} {r['dtype']}"
+                missing = [f"{x['impl']}: {x.get('error') or 'no time'}" for x in (r, cudnn) if not x.get("ms")]
+                out.append(target(f"attention {pass_} causal={causal} {shape}: {ours} >= {threshold}x cuDNN's speed",
+                                  ratio=None if missing else cudnn["ms"] / r["ms"], threshold=threshold,
+                                  ok=r.get("ok"), why="; ".join(missing) or None, op="attention", impl=ours,
+                                  causal=causal, ours_ms=r.get("ms"), cudnn_ms=cudnn.get("ms"), **{"pass": pass_}))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,7 +625,10 @@ def run_cpu(args, report):
                 reps = args.reps
             flops = attention_flops(1, args.heads_cpu, L, L, args.head_dim_cpu, True, True)
             row = dict(kind="fwd+bwd", impl=impl, B=1, L=L, H=args.heads_cpu, D=args.head_dim_cpu, causal=True,
-                       dtype="float32", flops=flops, warmup=warm, reps=reps, ms=None)
+                       dtype="float32", flops=flops, warmup=warm, reps=reps, ms=None, op="attention",
+                       implementation=None if impl == "dense" else impl, source="anchor" if impl == "dense" else "ours",
+                       batch=1, q_len=L, kv_len=L, q_heads=args.heads_cpu, kv_heads=args.heads_cpu,
+                       head_dim=args.head_dim_cpu, **{"pass": "fwd_bwd"})
             if ok.get(impl) is False:
                 row["error"] = "not timed: its numerics do not match dense (see checks)"
             elif time.time() - t_start > args.time_budget:

@@ -6,16 +6,17 @@ their anchors, on identical inputs in one run.
     python -m experiments.bench.window --smoke --json /tmp/w.json     # seconds; for the tests
 
 1. Grouped attention, [num_groups, group_size, 8 heads, 16] (128 channels), num_groups =
-   ceil(tokens / group_size), group sizes 64 and 144; forward, and forward+backward (the vjp of a
-   fixed cotangent: dq, dk, dv). Ours: kernels_pallas.flat_window_attention.grouped_attention with
-   implementation None (the platform's choice), 'xla' and, on GPU, 'pallas_gpu'. Anchors:
-   jax.nn.dot_product_attention over the groups (batch = groups) with implementation 'xla' and,
-   on GPU, 'cudnn'. Every entry's output (or gradients) is compared with the anchor 'xla' entry on
+   ceil(tokens / group_size), group sizes 128 (the anchors') and 64; forward, and forward+backward
+   (the vjp of a fixed cotangent: dq, dk, dv). Ours (ours_*): kernels_pallas.flat_window_attention.
+   grouped_attention with implementation None ('ours_default', the platform's choice), 'xla' and, on
+   GPU, 'pallas_gpu' (and 'pallas_mosaic_gpu' once the package has it). Anchors: jax.nn.dot_product_attention
+   over the groups (batch = groups) with implementation 'xla' ('jax_xla') and, on GPU, 'cudnn'
+   ('jax_cudnn'). Every entry's output (or gradients) is compared with the jax_xla entry on
    the same inputs; a mismatch is flagged, never hidden. Each row gives ms, the HBM floor (bytes
    of the arrays the function must read and write once: q, k, v, out for the forward; q, k, v, the
    cotangent, dq, dk, dv for forward+backward, divided by the copy bandwidth measured in this
    run) and the fraction of it reached (floor_ms / ms; 1.0 is the floor).
-2. A full layer on the same points: FlatFormer (sort by window, equal-size groups of 144, grouped
+2. A full layer on the same points: FlatFormer (sort by window, equal-size groups of 128, grouped
    attention, scatter back) against an SST-style padded window layer (13x13 windows, every
    non-empty window padded to the most points any window holds, key-padding-masked attention with
    cuDNN on GPU when it accepts the shapes, else XLA). Both are written here from the same jnp
@@ -34,6 +35,11 @@ short keeps its figures); a failing entry records its error and the run goes on.
 5): GPU, grouped attention within 2x of the floor and 2x faster than cuDNN over groups, the layer
 3x faster than the padded one; CPU, ours 'xla' within 1.5x of dense XLA over groups and never
 slower. They are recorded under "targets" with the figures they compare.
+
+`run_targets` is the issue's target shape alone (262,144 tokens in groups of 128, 8 heads of 16,
+bf16; ours, cuDNN and XLA over the groups, each figure checked against a float32 oracle on the first
+groups; target: within 2x of the HBM floor), which experiments.bench.targets runs with attention's
+and decode's.
 """
 from __future__ import annotations
 
@@ -47,21 +53,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench.harness import Report, copy_bandwidth, error_text, max_rel_diff, timed_batches
+from experiments.bench.harness import (Report, copy_bandwidth, dispatch_choice, error_text, max_rel_diff, target,
+                                       timed_batches)
+from experiments.bench.harness import row as make_row
 from kernels_pallas import flat_window_attention as fw
 
 # Per mode: tokens as samples x points on a grid, channels, heads, group sizes, the layer's
 # window and group, dtype, calls per timed batch.
 MODES = {
-    "gpu": dict(samples=4, points=65536, grid=(468, 468), channels=128, heads=8, group_sizes=(144, 64),
-                window=(13, 13), layer_group=144, dtype="bfloat16", reps=20, batches=3,
+    "gpu": dict(samples=4, points=65536, grid=(468, 468), channels=128, heads=8, group_sizes=(128, 64),
+                window=(13, 13), layer_group=128, dtype="bfloat16", reps=20, batches=3,
                 layer_passes=("fwd", "fwd_bwd")),
-    "cpu": dict(samples=2, points=4096, grid=(144, 144), channels=128, heads=8, group_sizes=(64, 144),
-                window=(13, 13), layer_group=144, dtype="float32", reps=2, batches=3,
+    "cpu": dict(samples=2, points=4096, grid=(144, 144), channels=128, heads=8, group_sizes=(128, 64),
+                window=(13, 13), layer_group=128, dtype="float32", reps=2, batches=3,
                 layer_passes=("fwd", "fwd_bwd")),
     "smoke": dict(samples=2, points=192, grid=(40, 40), channels=32, heads=2, group_sizes=(32,),
                   window=(7, 7), layer_group=32, dtype="float32", reps=1, batches=1,
-                  layer_passes=("fwd",), fwd_bwd_impls=("anchor_xla", "ours_none")),  # compiling dominates
+                  layer_passes=("fwd",), fwd_bwd_impls=("jax_xla", "ours_default")),  # compiling dominates
 }
 # max|got - want| / max|want| against the anchor 'xla' entry (bf16: twice the kernel tests' bound)
 TOL = {"bfloat16": {"out": 4e-2, "grad": 8e-2}, "float32": {"out": 1e-4, "grad": 2e-4}}
@@ -89,8 +97,8 @@ def measure(report, row, fn, args, cfg, reference=None, tol=None):
         if reference is not None:
             err = max_rel_diff(out if isinstance(out, (tuple, list)) else (out,),
                                reference if isinstance(reference, (tuple, list)) else (reference,))
-            row["max_rel_diff_vs_anchor_xla"] = err
-            row["numerics_ok"] = bool(err <= tol)
+            row["rel_diff_vs_jax_xla"] = row["rel_err"] = err
+            row["numerics_ok"] = row["ok"] = bool(err <= tol)
     except Exception as e:  # one failing entry never stops the run
         row["error"] = error_text(e)
     report.add(row)
@@ -109,16 +117,29 @@ def normals(seed, count, shape, dtype):
     return draw(jax.random.key(seed))
 
 
-def attention_fns(platform):
-    """name -> f(q, k, v) on [groups, group_size, heads, head_dim]; anchors first."""
-    fns = {"anchor_xla": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")}
+def attention_fns(platform, tokamax=None):
+    """name -> (f(q, k, v) on [groups, group_size, heads, head_dim], implementation, source); anchors first."""
+    ours = lambda impl: (lambda q, k, v: fw.grouped_attention(q, k, v, implementation=impl))
+    fns = {"jax_xla": (lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"), None, "anchor")}
     if platform == "gpu":
-        fns["anchor_cudnn"] = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
-    fns["ours_none"] = lambda q, k, v: fw.grouped_attention(q, k, v)
-    fns["ours_xla"] = lambda q, k, v: fw.grouped_attention(q, k, v, implementation="xla")
+        fns["jax_cudnn"] = (lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn"),
+                            "cudnn", "anchor")
+    fns["ours_default"] = (ours(None), None, "ours")
+    fns["ours_xla"] = (ours("xla"), "xla", "ours")
     if platform == "gpu":
-        fns["ours_pallas_gpu"] = lambda q, k, v: fw.grouped_attention(q, k, v, implementation="pallas_gpu")
+        fns["ours_pallas_gpu"] = (ours("pallas_gpu"), "pallas_gpu", "ours")
+        if "pallas_mosaic_gpu" in fw.IMPLEMENTATIONS:  # not promised for this op: timed once it exists
+            fns["ours_pallas_mosaic_gpu"] = (ours("pallas_mosaic_gpu"), "pallas_mosaic_gpu", "ours")
+    if tokamax is not None:
+        fns["tokamax"] = (lambda q, k, v: tokamax.dot_product_attention(q, k, v), None, "anchor")
     return fns
+
+
+def grouped_row(name, implementation, source, pass_, *, g, gs, h, d, dtype, **extra):
+    """A row with the dispatch-table fields (the groups are the batch) and the benchmark's own."""
+    return make_row("grouped", pass_, name, implementation, source=source, dtype=dtype, head_dim=d, batch=g,
+               q_len=gs, kv_len=gs, q_heads=h, kv_heads=h, causal=False, kind="attention", pass_=pass_,
+               tokens=extra.pop("tokens"), group_size=gs, num_groups=g, heads=h, **extra)
 
 
 def run_attention(report, cfg, platform, peak, group_sizes):
@@ -132,7 +153,7 @@ def run_attention(report, cfg, platform, peak, group_sizes):
         for pass_, arrays in (("fwd", 4), ("fwd_bwd", 7)):
             floor_ms = 1e3 * arrays * array_bytes / (peak * 1e9)
             want = None
-            for name, attn in attention_fns(platform).items():
+            for name, (attn, implementation, source) in attention_fns(platform).items():
                 if pass_ == "fwd_bwd" and name not in cfg.get("fwd_bwd_impls", (name,)):
                     continue
                 if pass_ == "fwd":
@@ -140,16 +161,97 @@ def run_attention(report, cfg, platform, peak, group_sizes):
                 else:
                     fn = lambda q, k, v, ct, attn=attn: jax.vjp(attn, q, k, v)[1](ct)
                     args = (q, k, v, ct)
-                row = dict(kind="attention", impl=name, pass_=pass_, tokens=tokens, group_size=gs, num_groups=g,
-                           heads=h, head_dim=d, dtype=dtype.name, floor_bytes=arrays * array_bytes, floor_ms=floor_ms)
+                r = grouped_row(name, implementation, source, pass_, g=g, gs=gs, h=h, d=d, dtype=dtype,
+                                tokens=tokens, floor_bytes=arrays * array_bytes, floor_ms=floor_ms)
                 tol = TOL[dtype.name]["out" if pass_ == "fwd" else "grad"]
-                out = measure(report, row, fn, args, cfg, reference=want, tol=tol)
-                if name == "anchor_xla":
+                out = measure(report, r, fn, args, cfg, reference=want, tol=tol)
+                if name == "jax_xla":
                     want = out
-                if "ms" in row:
-                    row["fraction_of_floor"] = floor_ms / row["ms"]
+                if r.get("ms"):
+                    r["fraction_of_floor"] = floor_ms / r["ms"]
                     report.save()
                 del out
+
+
+# ---------------------------------------------------------------------------------------------
+# Target shape (experiments.bench.targets runs it with attention's and decode's in one process)
+# ---------------------------------------------------------------------------------------------
+TARGET_SHAPE = dict(tokens=262144, group_size=128, heads=8, head_dim=16, dtype="bfloat16")  # the anchors'
+SMOKE_SHAPE = dict(tokens=512, group_size=32, heads=2, head_dim=16, dtype="float32")
+TARGET_FLOOR_FRACTION = 0.5  # within 2x of the HBM floor
+ORACLE_GROUPS = 64  # groups are independent: the float32 oracle checks the first ones
+
+
+def run_targets(report, *, smoke=False, deadline=None, tokamax=None, peak=None):
+    """Grouped attention at 262,144 tokens in groups of 128, 8 heads of 16, bf16, forward and
+    forward+backward: ours (the default, pallas_gpu, pallas_mosaic_gpu when it exists) against cuDNN
+    and XLA over the groups, and the HBM floor (q, k, v, out read or written once at the copy
+    bandwidth measured in this run; forward+backward: q, k, v, the cotangent, dq, dk, dv)."""
+    from experiments.bench.harness import attention_oracle, measure as measure_row, rel_err
+    shape = SMOKE_SHAPE if smoke else TARGET_SHAPE
+    platform = jax.default_backend()
+    gs, h, d, dtype = shape["group_size"], shape["heads"], shape["head_dim"], jnp.dtype(shape["dtype"])
+    g = -(-shape["tokens"] // gs)
+    reps, batches, warmup = (1, 1, 0) if smoke else (10, 3, 1)
+    if peak is None:
+        peak = copy_bandwidth(1 << (30 if platform == "gpu" else 24), dtype)
+        print(f"copy bandwidth: {peak:.0f} GB/s", flush=True)
+    report.doc["copy_gb_per_s"] = peak
+    fns = attention_fns("gpu" if smoke else platform, tokamax)  # smoke: the GPU entries fail and are recorded
+    report.doc["targets_config"] = dict(**shape, num_groups=g, impls=list(fns), reps=reps, batches=batches,
+                                        warmup=warmup, tolerance=TOL[dtype.name], floor_convention=FLOOR_CONVENTION,
+                                        oracle=f"float32 dense attention on the first {ORACLE_GROUPS} groups")
+    q, k, v, ct = normals(gs, 4, (g, gs, h, d), dtype)
+    part = lambda x: x[:ORACLE_GROUPS]
+    oracle = lambda q, k, v: attention_oracle(q, k, v)
+    # float32 copies: the oracle's gradients come back in float32, not rounded to the inputs' dtype.
+    q32, k32, v32, ct32 = (part(x).astype(jnp.float32) for x in (q, k, v, ct))
+    want = {"fwd": jax.jit(oracle)(q32, k32, v32),
+            "fwd_bwd": jax.jit(lambda q, k, v, ct: jax.vjp(oracle, q, k, v)[1](ct))(q32, k32, v32, ct32)}
+    del q32, k32, v32, ct32
+    array_bytes = g * gs * h * d * dtype.itemsize
+    # Ours and cuDNN on both passes first, then the other anchors: a budget that runs out costs anchors.
+    first = [n for n, (_, _, source) in fns.items() if source == "ours" or n == "jax_cudnn"]
+    entries = [(p, n) for group in (first, [n for n in fns if n not in first]) for p in ("fwd", "fwd_bwd")
+               for n in group]
+    for pass_, name in entries:
+        attn, implementation, source = fns[name]
+        arrays = 4 if pass_ == "fwd" else 7
+        floor_ms = 1e3 * arrays * array_bytes / (peak * 1e9)
+        if pass_ == "fwd":
+            fn, args = attn, (q, k, v)
+        else:
+            fn = lambda q, k, v, ct, attn=attn: jax.vjp(attn, q, k, v)[1](ct)
+            args = (q, k, v, ct)
+        r = grouped_row(name, implementation, source, pass_, g=g, gs=gs, h=h, d=d, dtype=dtype,
+                        tokens=shape["tokens"], floor_bytes=arrays * array_bytes, floor_ms=floor_ms)
+        if name == "ours_default":
+            r["dispatched"], r["explain"] = dispatch_choice("kernels_pallas.flat_window_attention", q, k, v)
+        check = lambda out, pass_=pass_: rel_err(tuple(part(x) for x in out) if pass_ == "fwd_bwd" else part(out),
+                                                 want[pass_])
+        measure_row(report, r, fn, args, reps=reps, batches=batches, warmup=warmup, deadline=deadline,
+                    check=check, tol=TOL[dtype.name]["out" if pass_ == "fwd" else "grad"],
+                    hide=("batch_ms", "explain"))
+        if r.get("ms"):
+            r["fraction_of_floor"] = floor_ms / r["ms"]
+        report.doc["targets"] = window_targets(report.rows)
+        report.save()
+    del q, k, v, ct, want
+    report.doc["targets"] = window_targets(report.rows)
+    report.save()
+
+
+def window_targets(rows):
+    """Each of ours within 2x of the HBM floor (floor_ms / ms >= 0.5), forward and forward+backward."""
+    out = []
+    for r in rows:
+        if r.get("op") == "grouped" and r["source"] == "ours" and r["impl"] != "ours_xla":
+            shape = f"{r['batch'] * r['q_len']} tokens in groups of {r['q_len']}, {r['q_heads']}x{r['head_dim']} {r['dtype']}"
+            out.append(target(f"grouped window {r['pass']} {shape}: {r['impl']} within 2x of the HBM floor",
+                              ratio=r["floor_ms"] / r["ms"] if r.get("ms") else None, threshold=TARGET_FLOOR_FRACTION,
+                              ok=r.get("ok"), why=r.get("error") or (None if r.get("ms") else "no time"), op="grouped",
+                              impl=r["impl"], ms=r.get("ms"), floor_ms=r["floor_ms"], **{"pass": r["pass"]}))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +425,7 @@ def run_model_layer(report, cfg, base, plan, x, pe):
 # targets and table
 # ---------------------------------------------------------------------------------------------
 def find(rows, **kw):
-    return next((r for r in rows if all(r.get(k) == v for k, v in kw.items()) and "ms" in r), None)
+    return next((r for r in rows if all(r.get(k) == v for k, v in kw.items()) and r.get("ms")), None)
 
 
 def targets(report, mode):
@@ -331,7 +433,7 @@ def targets(report, mode):
     for gs in report.doc["config"]["group_sizes"]:
         for pass_ in ("fwd", "fwd_bwd"):
             get = lambda impl: find(rows, kind="attention", impl=impl, group_size=gs, pass_=pass_)
-            ours, xla = get("ours_none"), get("anchor_xla")
+            ours, xla = get("ours_default"), get("jax_xla")
             if mode == "cpu" or mode == "smoke":
                 ours_xla = get("ours_xla")
                 if ours_xla and xla:
@@ -340,7 +442,7 @@ def targets(report, mode):
                                     group_size=gs, pass_=pass_, ours_ms=ours_xla["ms"], anchor_ms=xla["ms"],
                                     ratio=ratio, met=bool(ratio <= 1.0)))
             else:
-                cudnn = get("anchor_cudnn")
+                cudnn = get("jax_cudnn")
                 if ours:
                     out.append(dict(target="gpu: grouped attention within 2x of the HBM floor", group_size=gs,
                                     pass_=pass_, ms=ours["ms"], floor_ms=ours["floor_ms"],
@@ -364,9 +466,9 @@ def targets(report, mode):
 def print_table(report):
     print(f"\n{'kind':10s} {'impl':24s} {'pass':8s} {'gs':>4s} {'ms':>10s} {'floor%':>7s} {'vs xla':>9s}  note")
     for r in report.doc["rows"]:
-        ms = f"{r['ms']:.3f}" if "ms" in r else "-"
+        ms = f"{r['ms']:.3f}" if r.get("ms") else "-"
         frac = f"{100 * r['fraction_of_floor']:.0f}" if "fraction_of_floor" in r else ""
-        err = r.get("max_rel_diff_vs_anchor_xla")
+        err = r.get("rel_diff_vs_jax_xla")
         note = r.get("error", "")[:60] or ("" if r.get("numerics_ok", True) else "NUMERICS MISMATCH")
         print(f"{r['kind']:10s} {r['impl']:24s} {r['pass_']:8s} {r.get('group_size', ''):>4} {ms:>10s} "
               f"{frac:>7s} {'' if err is None else format(err, '.1e'):>9s}  {note}")

@@ -43,6 +43,8 @@ def test_cpu_benchmark_small(tmp_path):
     assert set(rows) == {(i, n) for i in ("xla", "dense") for n in (256,)}, sorted(rows)
     for key, r in rows.items():
         assert not r.get("error") and not r.get("skipped"), (key, r)
+        assert (r["op"], r["pass"], r["q_len"], r["implementation"]) == (
+            "attention", "fwd_bwd", 256, None if r["impl"] == "dense" else "xla"), r
         assert r["finite"], key
         for field in ("ms", "gflops", "compile_s", "peak_bytes", "xla_temp_size_in_bytes", "baseline_rss_bytes",
                       "child_ru_maxrss_bytes"):

@@ -21,13 +21,15 @@ def test_window_benchmark_smoke(tmp_path):
     for key in ("device_kind", "jax_version", "date"):
         assert doc[key]
     attn = [r for r in doc["rows"] if r["kind"] == "attention"]
-    assert {r["impl"] for r in attn} == {"anchor_xla", "ours_none", "ours_xla"}
-    assert {r["impl"] for r in attn if r["pass_"] == "fwd_bwd"} == {"anchor_xla", "ours_none"}
+    assert {r["impl"] for r in attn} == {"jax_xla", "ours_default", "ours_xla"}
+    assert {r["impl"] for r in attn if r["pass_"] == "fwd_bwd"} == {"jax_xla", "ours_default"}
     for r in attn:
         assert "error" not in r, r
         assert math.isfinite(r["ms"]) and r["ms"] > 0 and 0 < r["fraction_of_floor"]
-        if r["impl"] != "anchor_xla":  # ours agrees with the anchor on the same inputs
-            assert r["numerics_ok"] and r["max_rel_diff_vs_anchor_xla"] < 1e-4, r
+        # the dispatch-table fields: the groups are the batch
+        assert (r["op"], r["batch"], r["q_len"], r["kv_len"]) == ("grouped", r["num_groups"], 32, 32), r
+        if r["impl"] != "jax_xla":  # ours agrees with the anchor on the same inputs
+            assert r["ok"] and r["rel_diff_vs_jax_xla"] < 1e-4, r
     layers = {r["impl"]: r for r in doc["rows"] if r["kind"] in ("layer", "plans")}
     for impl in ("flatformer_4_orderings", "flatformer", "padded_windows"):
         assert "error" not in layers[impl] and layers[impl]["ms"] > 0, layers[impl]
