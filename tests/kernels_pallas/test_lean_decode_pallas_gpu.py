@@ -78,7 +78,8 @@ def test_lowers_to_triton_for_cuda(shape, dtype):
 
 
 def test_registered_and_preferred_on_gpu():
-    assert "pallas_gpu" in IMPLEMENTATIONS and PREFERENCE["gpu"] == ("pallas_gpu", "xla")
+    assert "pallas_gpu" in IMPLEMENTATIONS
+    assert PREFERENCE["gpu"] == ("cudnn", "pallas_mosaic_gpu", "pallas_gpu", "xla")
 
 
 def test_rejects_what_it_cannot_do():
