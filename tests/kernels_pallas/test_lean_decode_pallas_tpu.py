@@ -93,7 +93,11 @@ def test_grid_follows_valid_tokens(monkeypatch):
                         functools.partial(pltpu.InterpretParams, grid_point_recorder=record))
     b, max_len, hq, hkv, d, bk, n_prog = 2, 65536, 4, 2, 128, 16, 3
     lengths = np.array([100, 3], np.int32)
-    q, k, v = _inputs(b, max_len, hq, hkv, d, jnp.bfloat16, seed=3)
+    # Random tokens up to 128, then a constant 100 (cheap to make): a score over any token past
+    # the lengths would swamp the softmax.
+    q, k, v = _inputs(b, 128, hq, hkv, d, jnp.bfloat16, seed=3)
+    tail = jnp.full((b, max_len - 128, hkv, d), 100.0, jnp.bfloat16)
+    k, v = (jnp.concatenate([x, tail], axis=1) for x in (k, v))
     f = jax.jit(functools.partial(lean_decode_attention, implementation="pallas_tpu",
                                   interpret=True, block_k=bk, num_programs=n_prog))
     got = np.asarray(f(q, k, v, jnp.asarray(lengths)).astype(jnp.float32), np.float64)
@@ -102,7 +106,7 @@ def test_grid_follows_valid_tokens(monkeypatch):
     steps = -(-units // n_prog)
     assert sorted(points) == [(p, i) for p in range(n_prog) for i in range(steps)]
     assert len(points) * 100 < n_prog * -(-(b * hkv * (max_len // bk)) // n_prog)
-    # Tokens past the lengths are masked, so the first 128 cached tokens give the same answer.
+    # Tokens past the lengths are masked: the reference over the first 128 cached tokens.
     with jax.enable_x64(True):
         f64 = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
         want = np.asarray(reference.attention(f64(q), f64(k[:, :128]), f64(v[:, :128]),
