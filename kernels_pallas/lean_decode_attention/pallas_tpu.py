@@ -1,28 +1,34 @@
 """Lean decode attention as a Pallas Mosaic TPU kernel: the stream-K schedule of common.py.
 
-TPU grids are static, so the schedule is unrolled in XLA onto a fixed grid (P, T): P =
-num_programs ("parallel": megacore chips split the programs over their cores) and T =
-ceil(U_max / P) steps ("arbitrary"), U_max = batch * kv_heads * ceil(max_len / block_k) the
-most units any lengths can give. Step i of program p takes unit prog_start[p] + i while that is
-below prog_end[p]; later steps are inactive: their index_maps repeat the program's last tile
-and slot (no DMA, no write-back) and pl.when skips their compute, so the time follows the valid
-tokens up to the ~0.35 us a grid step costs.
-Scalar prefetch (SMEM), per (p, i) flattened: seg (the unit's segment s = b * kv_heads + h) and
-info = tile << 4 | flags (active, fresh = first unit of the segment in this program, last = last
-one, empty = program without units), plus lengths [b]. 8 bytes per step of SMEM.
+Grid (P, T): P = num_programs ("parallel": megacore chips split the programs over their cores)
+and T = ceil(U / P) steps ("arbitrary"), U the work units the lengths give (common.schedule's
+`steps`). T is a traced grid bound (Mosaic takes dynamic grid dimensions as scalar operands), so
+the grid follows the valid tokens: one short sequence in a 64k cache runs ceil(units / P) steps
+per program, not the ceil(U_max / P) that U_max = batch * kv_heads * ceil(max_len / block_k),
+the most units any lengths can give, would need. Step i of program p takes unit prog_start[p] + i
+while that is below prog_end[p]; the busiest program has exactly T units and the others stop
+short: their later steps are inactive, their index_maps repeat the program's last tile and slot
+(no DMA, no write-back) and pl.when skips their compute.
+Scalar prefetch (SMEM), per (p, i) flattened over a static width of ceil(U_max / P) steps (the
+tables' shapes cannot follow the lengths; only their first T columns are read): seg (the unit's
+segment s = b * kv_heads + h) and info = tile << 4 | flags (active, fresh = first unit of the
+segment in this program, last = last one, empty = program without units), plus lengths [b].
+8 bytes per step of SMEM.
 Layout: Mosaic rejects a block (None, block_k, None, head_dim) on the cache as stored,
 [b, max_len, kv_heads, head_dim] (a squeezed second-minor axis). When head_dim is a multiple of
 128 (or kv_heads == 1) the caches are read in place through the free view [b, max_len,
 kv_heads * head_dim] with a block (None, block_k, head_dim) at lane-block h: one (sequence,
 tile, kv head) per step as a strided DMA, no copy. Other head sizes transpose the caches to
-[b, kv_heads, max_len, head_dim] first, a full copy of both caches per call. q is viewed as [S, group, d] with the group padded to 8 sublanes (a free reshape and
-a small pad). Online softmax in VMEM scratch (m, l lane-broadcast [g8, 128], acc [g8, d]), reset
-on `fresh`; on `last` the running partial is stored into the output block of slot p + s. Those
-blocks are indexed by the prefetched slot, so consecutive steps of one segment share a block
-and Pallas writes it back once, when the index moves on (or at the end of the grid). Programs
-without units (fewer units than programs) point at a trash slot of their own, P + S + p, so
-their untouched buffers clobber no real slot and no block is revisited. common.merge then combines slots; the slot -> segment map is computed in
-XLA from the schedule.
+[b, kv_heads, max_len, head_dim] first, a full copy of both caches per call. q, scaled by
+sm_scale in XLA (it is tiny; the kernel's scores need no multiply), is viewed as [S, group, d]
+with the group padded to 8 sublanes (a free reshape and a small pad). Online softmax in VMEM
+scratch (m, l lane-broadcast [g8, 128], acc [g8, d]), reset on `fresh`; on `last` the running
+partial is stored into the output block of slot p + s. Those blocks are indexed by the
+prefetched slot, so consecutive steps of one segment share a block and Pallas writes it back
+once, when the index moves on (or at the end of the grid). Programs without units (fewer units
+than programs) point at a trash slot of their own, P + S + p, so their untouched buffers
+clobber no real slot and no block is revisited. common.merge then combines slots; the slot ->
+segment map is computed in XLA from the schedule.
 """
 from __future__ import annotations
 
@@ -53,8 +59,8 @@ def _dot(a, b, dims):
 
 
 def _kernel(seg_ref, info_ref, len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref,
-            m_scr, l_scr, acc_scr, *, steps, kv_heads, block_k, scale):
-    idx = pl.program_id(0) * steps + pl.program_id(1)
+            m_scr, l_scr, acc_scr, *, width, kv_heads, block_k):
+    idx = pl.program_id(0) * width + pl.program_id(1)
     info = info_ref[idx]
     active, fresh, last = (info & ACTIVE) != 0, (info & FRESH) != 0, (info & LAST) != 0
     tile = info >> FLAG_BITS
@@ -68,7 +74,7 @@ def _kernel(seg_ref, info_ref, len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref
 
     def body(edge):
         v = v_ref[...]
-        s = _dot(q_ref[...], k_ref[...], NT) * scale  # [g8, bk]
+        s = _dot(q_ref[...], k_ref[...], NT)  # [g8, bk]; q is pre-scaled
         if edge:  # the segment's last tile: tokens past the length (or past max_len) are out
             pos = tile * block_k + lax.broadcasted_iota(jnp.int32, s.shape, 1)
             s = jnp.where(pos < length, s, -jnp.inf)
@@ -133,18 +139,21 @@ def attention(q, k_cache, v_cache, lengths, *, sm_scale, block_k=None, num_progr
     g, n_seg, n_prog = hq // hkv, b * hkv, num_programs
     g8 = -(-g // SUBLANES) * SUBLANES
     n_slots = n_prog + n_seg
-    steps = -(-(n_seg * (-(-max_len // bk))) // n_prog)  # ceil(U_max / P), static
+    width = -(-(n_seg * (-(-max_len // bk))) // n_prog)  # ceil(U_max / P): the tables' width
     lengths = jnp.clip(lengths.astype(jnp.int32), 0, max_len)
     sched = schedule(lengths, hkv, max_len, bk, n_prog)
-    seg_t, info_t, slot_t = _step_tables(sched, n_prog, steps)
+    seg_t, info_t, slot_t = _step_tables(sched, n_prog, width)
     slot_seg = jnp.full((n_slots,), -1, jnp.int32).at[slot_t].set(seg_t, mode="drop")
+    # The grid's step count follows the lengths; at least 1, so that with no units at all
+    # every program still runs its (inactive) step.
+    steps = jnp.maximum(sched.steps, 1)
 
-    qg = q.reshape(n_seg, g, d)
+    qg = (q.astype(jnp.float32) * sm_scale).astype(q.dtype).reshape(n_seg, g, d)
     if g8 != g:
         qg = jnp.pad(qg, ((0, 0), (0, g8 - g), (0, 0)))
 
     def q_map(p, i, seg_ref, info_ref, len_ref):
-        return seg_ref[p * steps + i], 0, 0
+        return seg_ref[p * width + i], 0, 0
 
     # Mosaic rejects a block squeezing the kv-head axis of [b, max_len, hkv, d] (its last two
     # block dims must be (8k, 128k) or whole). The free view [b, max_len, hkv * d] with a block
@@ -155,21 +164,21 @@ def attention(q, k_cache, v_cache, lengths, *, sm_scale, block_k=None, num_progr
         kv_args = (k_cache.reshape(b, max_len, hkv * d), v_cache.reshape(b, max_len, hkv * d))
 
         def kv_map(p, i, seg_ref, info_ref, len_ref):
-            s = seg_ref[p * steps + i]
-            return s // hkv, info_ref[p * steps + i] >> FLAG_BITS, s % hkv
+            s = seg_ref[p * width + i]
+            return s // hkv, info_ref[p * width + i] >> FLAG_BITS, s % hkv
 
         kv_spec = pl.BlockSpec((None, bk, d), kv_map)
     else:
         kv_args = (jnp.swapaxes(k_cache, 1, 2), jnp.swapaxes(v_cache, 1, 2))
 
         def kv_map(p, i, seg_ref, info_ref, len_ref):
-            s = seg_ref[p * steps + i]
-            return s // hkv, s % hkv, info_ref[p * steps + i] >> FLAG_BITS, 0
+            s = seg_ref[p * width + i]
+            return s // hkv, s % hkv, info_ref[p * width + i] >> FLAG_BITS, 0
 
         kv_spec = pl.BlockSpec((None, None, bk, d), kv_map)
 
     def slot_map(p, i, seg_ref, info_ref, len_ref):
-        idx = p * steps + i
+        idx = p * width + i
         empty = (info_ref[idx] & EMPTY) != 0
         return jnp.where(empty, n_slots + p, p + seg_ref[idx]), 0, 0
 
@@ -191,7 +200,7 @@ def attention(q, k_cache, v_cache, lengths, *, sm_scale, block_k=None, num_progr
     run_interpret = False
     if interpret:
         run_interpret = _InterpretParams() if _InterpretParams is not None else True
-    kernel = functools.partial(_kernel, steps=steps, kv_heads=hkv, block_k=bk, scale=float(sm_scale))
+    kernel = functools.partial(_kernel, width=width, kv_heads=hkv, block_k=bk)
     slot_o, slot_m, slot_l = pl.pallas_call(
         kernel, grid_spec=grid_spec, out_shape=out_shape, interpret=run_interpret,
         cost_estimate=cost,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from kernels_pallas.blockwise_attention import BlockSizes, blockwise_attention, reference
 from kernels_pallas.blockwise_attention import pallas_tpu
 from tests.kernels_pallas.attention_oracle import (TOLERANCE, Case, check_against_oracle,
-                                                   forward_and_grads, inputs)
+                                                   forward_and_grads, inputs, oracle)
 
 TILES = BlockSizes(16, 128)
 
@@ -42,10 +42,9 @@ INTERPRET_CASES = [
     # q_len 40 < kv_len 300 (3 kv tiles, the last padded), causal, GQA; other backward tiles.
     (Case(1, 40, 300, 4, 2, 64, causal=True), jnp.float32, BlockSizes(16, 128, 8, 256)),
     # Causal with q_len 50 > kv_len 40 (the first 10 queries see no key) and segments (the last
-    # queries see no key either): zeros and zero gradients there; MQA, bf16.
+    # queries see no key either, and their q tile no kv tile): zeros and zero gradients there;
+    # MQA, bf16. (Segments without causality, GQA and head_dim 128 in place: test_tile_visits.)
     (Case(2, 50, 40, 2, 1, 64, causal=True, segments=True), jnp.bfloat16, TILES),
-    # Segments, non-causal, GQA, head_dim 128 (no padding), f32.
-    (Case(1, 24, 140, 4, 2, 128, segments=True), jnp.float32, TILES),
 ]
 
 
@@ -80,6 +79,110 @@ def test_causal_block_flags(q_len, kv_len, bq, bk):
         first = int(pallas_tpu._first_q_block(cfg, kj, bq, bk, nq))
         assert bool(pallas_tpu._block_flags(cfg, first, kj, bq, bk)[0]), kj
         assert not vis[:first * bq, kj * bk:(kj + 1) * bk].any(), kj
+
+
+def _needed_tiles(vis, bq, bk):
+    """[b, q_len, kv_len] visibility -> [b, q tiles, kv tiles]: tiles holding a visible pair."""
+    b, lq, lk = vis.shape
+    nq, nk = -(-lq // bq), -(-lk // bk)
+    padded = np.zeros((b, nq * bq, nk * bk), bool)
+    padded[:, :lq, :lk] = vis
+    return padded.reshape(b, nq, bq, nk, bk).any(axis=(2, 4))
+
+
+def _visibility(lq, lk, causal, qs, ks):
+    """The dense mask in numpy, straight from the definitions (not from the kernel's bounds)."""
+    vis = np.asarray(qs)[:, :, None] == np.asarray(ks)[:, None, :]
+    if causal:
+        vis &= np.arange(lk)[None, None, :] <= np.arange(lq)[None, :, None] + (lk - lq)
+    return vis
+
+
+def _key_padded(batch, length, valid):
+    """Key padding folded into segment ids as fintrans.ops does: queries 0, padded keys -1."""
+    qs = np.zeros((batch, length), np.int32)
+    ks = np.where(np.arange(length)[None, :] < np.asarray(valid)[:, None], 0, -1).astype(np.int32)
+    return qs, ks
+
+
+def _packed(lengths):
+    """Packed sequences: sorted segment ids, one per sequence."""
+    return np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)[None, :]
+
+
+TILE_VISIT_CASES = [
+    # Half-padded batch (valid keys 32 and 40 of 64), non-causal, GQA, head_dim 128 read in
+    # place, f32: the q tiles visit only the kv tiles with valid keys; the outputs and gradients
+    # are also checked against the oracle (the segment path without causality).
+    ("half_padded", Case(2, 64, 64, 2, 1, 128), BlockSizes(32, 16, 32, 16), _key_padded(2, 64, (32, 40))),
+    # Causal packed segments (20, 30, 14 tokens), MQA, other backward tiles: tiles below the
+    # diagonal whose segments differ are skipped as well as those above it.
+    ("causal_packed", Case(1, 64, 64, 2, 1, 64, causal=True), BlockSizes(16, 16, 8, 16),
+     (_packed((20, 30, 14)),) * 2),
+]
+
+
+@pytest.mark.parametrize("name,case,tiles,seg", TILE_VISIT_CASES, ids=[c[0] for c in TILE_VISIT_CASES])
+def test_tile_visits(name, case, tiles, seg):
+    """The pairs each kernel computes are exactly the tile pairs holding a visible pair (derived
+    here from the dense mask), so segment ids and key padding skip tiles as causality does."""
+    q, k, v, do, _ = inputs(case, jnp.float32, 1)
+    qs, ks = (jnp.asarray(x) for x in seg)
+    count = jax.jit(functools.partial(pallas_tpu.tile_visits, causal=case.causal, sm_scale=None,
+                                      block_sizes=tiles))
+    got = {key: int(n) for key, n in count(q, k, v, q_segment_ids=qs, kv_segment_ids=ks).items()}
+    vis = _visibility(case.q_len, case.kv_len, case.causal, qs, ks)
+    forward = case.q_heads * int(_needed_tiles(vis, tiles.block_q, tiles.block_kv).sum())
+    backward = case.q_heads * int(_needed_tiles(vis, tiles.block_q_bwd, tiles.block_kv_bwd).sum())
+    assert got == {"forward": forward, "dq": backward, "dkv": backward}
+    # Without the segment ranges only causality would skip.
+    plain = _needed_tiles(_visibility(case.q_len, case.kv_len, case.causal, 0 * qs, 0 * ks),
+                          tiles.block_q, tiles.block_kv).sum() * case.q_heads
+    if name == "half_padded":
+        # About half: the share of kv tiles holding a valid (unpadded) key.
+        share = _needed_tiles(np.asarray(ks)[:, None, :] >= 0, 1, tiles.block_kv).mean()
+        assert forward == plain * share and share <= 0.65
+        got = forward_and_grads(
+            lambda q, k, v: _impl(tiles)(q, k, v, causal=False, segment_ids=(qs, ks), sm_scale=None),
+            q, k, v, do)
+        want = oracle(case, q, k, v, do, (qs, ks), case.head_dim ** -0.5)
+        for what, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+            tol = TOLERANCE[jnp.dtype(jnp.float32)]["out" if what == "out" else "grad"]
+            err = np.max(np.abs(np.asarray(g, np.float64) - w)) / np.max(np.abs(w))
+            assert err <= tol, (what, err)
+    else:
+        assert forward < plain
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_segment_range_index_maps(causal):
+    """With segment ranges (and causality), every reduction step fetches a tile that some step
+    of the same reduction computes (or, when none does, a single one): skipped steps issue no
+    DMA, and no computed tile is missed or fetched twice."""
+    rng = np.random.default_rng(0)
+    lq, lk, bq, bk = 80, 96, 16, 16
+    qs = np.sort(rng.integers(0, 5, (2, lq)), axis=1).astype(np.int32)
+    ks = np.sort(rng.integers(1, 6, (2, lk)), axis=1).astype(np.int32)
+    nq, nk = lq // bq, lk // bk
+    cfg = pallas_tpu._Config(causal, 1.0, lq, lk, True, BlockSizes(bq, bk, bq, bk), True)
+    loops = [  # (rows, steps, index map, row ids and tile, step ids and tile, q is the row)
+        (nq, nk, pallas_tpu._kv_visit(cfg, bq, bk, nq), (qs, bq), (ks, bk), True),
+        (nk, nq, pallas_tpu._q_visit(cfg, bq, bk, nq, nk), (ks, bk), (qs, bq), False)]
+    for n_rows, n_steps, visit, (row_ids, row_tile), (step_ids, step_tile), q_rows in loops:
+        lo, hi = (np.asarray(x) for x in pallas_tpu._ranges(
+            row_ids, step_ids, row_tile, step_tile, n_rows, n_steps))
+        for b in range(2):
+            for r in range(n_rows):
+                fetched = [int(visit(b, r, t, lo, hi)) for t in range(n_steps)]
+                computed = []
+                for t in range(n_steps):
+                    qi, kj = (r, t) if q_rows else (t, r)
+                    run = bool(pallas_tpu._block_flags(cfg, qi, kj, bq, bk)[0])
+                    if run and lo[b * n_rows + r] <= t < hi[b * n_rows + r]:
+                        computed.append(t)
+                        assert fetched[t] == t
+                assert fetched == sorted(fetched)  # monotone: no tile is fetched twice
+                assert set(fetched) == (set(computed) or {fetched[0]}), (b, r, fetched, computed)
 
 
 def test_unsupported_tiles_fall_through():

@@ -1,15 +1,18 @@
 """pallas_tpu lean decode attention: TPU interpret mode against the float64 reference, and
 ahead-of-time compiles through Mosaic for real TPU topologies (on this CPU machine).
 
-Interpret mode simulates the grid (P, ceil(U_max / P)) step by step (~30 ms a step plus several
+Interpret mode simulates the grid (P, ceil(U / P)) step by step (~30 ms a step plus several
 seconds of compiling per shape), so each case is small (block_k 8 or 16) yet spans many tiles,
 and covers several requirements at once: ragged lengths with 0, 1, max_len and one long among
 short; GQA and MQA; num_programs 1, 3 and 7, whose ranges start, end and cross inside segments;
 a max_len that is not a multiple of block_k (the last tile reads past the array); f32 and bf16.
+test_grid_follows_valid_tokens records the grid points the interpreter runs for short sequences
+in a 64k cache.
 """
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -74,6 +77,44 @@ def test_interpret_matches_reference(b, max_len, hq, hkv, d, lengths, bk, n_prog
         assert inner
 
 
+def test_grid_follows_valid_tokens(monkeypatch):
+    """A 100-token and a 3-token sequence in a 64k cache (GQA, bf16, block_k 16, 3 programs):
+    the interpreter runs exactly the P x ceil(U / P) grid points of the U valid units, not the
+    P x ceil(U_max / P) = 16386 a grid sized by max_len would, and the result is right."""
+    from jax.experimental.pallas import tpu as pltpu
+    from kernels_pallas.lean_decode_attention import pallas_tpu
+    points = []
+
+    def record(*args):  # (grid point, core); jax 0.10 also threads an ordering token first
+        *token, point, _ = args
+        points.append(tuple(int(x) for x in point))
+        return token[0] if token else ()
+    monkeypatch.setattr(pallas_tpu, "_InterpretParams",
+                        functools.partial(pltpu.InterpretParams, grid_point_recorder=record))
+    b, max_len, hq, hkv, d, bk, n_prog = 2, 65536, 4, 2, 128, 16, 3
+    lengths = np.array([100, 3], np.int32)
+    # Random tokens up to 128, then a constant 100 (cheap to make): a score over any token past
+    # the lengths would swamp the softmax.
+    q, k, v = _inputs(b, 128, hq, hkv, d, jnp.bfloat16, seed=3)
+    tail = jnp.full((b, max_len - 128, hkv, d), 100.0, jnp.bfloat16)
+    k, v = (jnp.concatenate([x, tail], axis=1) for x in (k, v))
+    f = jax.jit(functools.partial(lean_decode_attention, implementation="pallas_tpu",
+                                  interpret=True, block_k=bk, num_programs=n_prog))
+    got = np.asarray(f(q, k, v, jnp.asarray(lengths)).astype(jnp.float32), np.float64)
+    jax.effects_barrier()
+    units = hkv * int(np.sum(-(-lengths // bk)))
+    steps = -(-units // n_prog)
+    assert sorted(points) == [(p, i) for p in range(n_prog) for i in range(steps)]
+    assert len(points) * 100 < n_prog * -(-(b * hkv * (max_len // bk)) // n_prog)
+    # Tokens past the lengths are masked: the reference over the first 128 cached tokens.
+    with jax.enable_x64(True):
+        f64 = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
+        want = np.asarray(reference.attention(f64(q), f64(k[:, :128]), f64(v[:, :128]),
+                                              jnp.asarray(lengths), sm_scale=d ** -0.5))
+    err = np.max(np.abs(got - want)) / np.max(np.abs(want))
+    assert err <= TOLERANCE[jnp.dtype(jnp.bfloat16)], err
+
+
 def test_float16_and_unaligned_tiles_fall_back_on_hardware():
     from kernels_pallas.lean_decode_attention import pallas_tpu
     q, k, v = _inputs(1, 256, 2, 1, 128, jnp.float16, 0)
@@ -114,7 +155,11 @@ def test_compiles_for_topology(topology, chip, max_len, hq, hkv, d, dtype):
         shape, dtype, sharding=NamedSharding(mesh, spec))
     compiled = jax.jit(fn).lower(arg(n, hq, d), arg(n, max_len, hkv, d), arg(n, max_len, hkv, d),
                                  arg(n, dtype=jnp.int32)).compile()
-    assert compiled.as_text().count('custom_call_target="tpu_custom_call"') == 1
+    calls = [line for line in compiled.as_text().splitlines() if "tpu_custom_call" in line]
+    assert len(calls) == 1
+    # The grid's step count is a traced scalar operand (it follows the lengths), ahead of the
+    # prefetched step tables.
+    assert re.search(r"operand_layout_constraints=\{s32\[\], s32\[\d+\]", calls[0]), calls[0][:300]
     mem = compiled.memory_analysis()
     kv_bytes = 2 * max_len * hkv * d * jnp.dtype(dtype).itemsize  # both caches, one sequence
     assert kv_bytes <= mem.argument_size_in_bytes < 1.1 * kv_bytes
