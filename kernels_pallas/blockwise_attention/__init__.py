@@ -9,7 +9,8 @@ Implementations (all differentiable, all checked against `reference`):
   xla                blockwise online softmax in plain XLA, custom_vjp with recomputation; runs anywhere
   pallas_tpu         Pallas Mosaic TPU kernels (forward, dq, dk/dv)
   pallas_gpu         Pallas with the Triton lowering (forward, dq, dk/dv)
-  pallas_mosaic_gpu  Pallas Mosaic GPU kernels (Hopper); unavailable until its module exists
+  pallas_mosaic_gpu  Pallas Mosaic GPU kernels for Hopper (warp-specialised forward, 5-matmul
+                     backward; bf16/f16, head_dim 64 or 128)
   cudnn              jax.nn.dot_product_attention(implementation="cudnn"), for the inputs it
                      computes exactly with these conventions (cudnn.py)
 `implementation=None` follows the dispatch table's measured order for this device, dtype,
@@ -17,7 +18,7 @@ head_dim and `bucket` (kernels_pallas/_dispatch.py), else the platform's PREFERE
 pallas_mosaic_gpu, pallas_gpu, xla), falling through on NotImplementedError (an input a kernel
 does not take) and past unavailable modules to `xla`; a named implementation is used as asked.
 `interpret=True` runs a Pallas kernel in interpret mode on CPU (TPU interpret mode for
-pallas_tpu), which is how the tests check the kernels' arithmetic without the hardware.
+pallas_tpu, GPU interpret mode for pallas_mosaic_gpu), which is how the tests check the kernels' arithmetic without the hardware.
 """
 from __future__ import annotations
 

@@ -8,9 +8,11 @@ cache, with the work split into equal shares of valid cache tiles over a fixed n
 
 Implementations: `reference` (dense, the oracle), `xla` (the same schedule in plain XLA: programs
 advance in lockstep, one tile each per step; runs anywhere), `pallas_gpu` (Triton: one program per
-share, looping over its tiles), `pallas_tpu` (Mosaic: a static (programs, steps) grid driven by
-the scalar-prefetched schedule), `pallas_mosaic_gpu` (Mosaic GPU, Hopper; unavailable until its
-module exists) and `cudnn` (jax.nn.dot_product_attention with key_value_seq_lengths, cudnn.py).
+share, looping over its tiles), `pallas_tpu` (Mosaic: a (programs, ceil(units / programs)) grid
+whose step count follows the lengths, driven by the scalar-prefetched schedule),
+`pallas_mosaic_gpu` (Mosaic GPU, Hopper: a producer warpgroup's TMA ring feeding a wgmma consumer
+per program, then a small merge kernel) and `cudnn` (jax.nn.dot_product_attention with
+key_value_seq_lengths, cudnn.py).
 `implementation=None` follows the dispatch table's measured order for this device, dtype,
 head_dim and `bucket`, else the platform's PREFERENCE (GPU: cudnn, pallas_mosaic_gpu, pallas_gpu,
 xla), falling through on NotImplementedError and past unavailable modules to `xla`.
