@@ -13,7 +13,7 @@ Forward (FlashAttention-3's schedule). One CTA of three warpgroups owns two 64-r
   sm_scale·log2(e) there, so the softmax is a plain exp2 of the scores (no per-score multiply).
   Causal CTAs loop over three ranges of key tiles: fully visible tiles without any mask, the
   diagonal tiles with the element mask, then (for the consumer whose rows end earlier) the tiles
-  it only releases to the producer. Heavy causal CTAs (the last query tiles) are launched first.
+  it only releases to the producer. (Launch order: see the backward.)
   Segment ids bound the kv range of each CTA (common.segment_tile_ranges: tiles that cannot hold a
   visible pair are never loaded) and mask the rest element by element, every tile then taking the
   masked path. GQA: when a kv head serves an even number of query heads, the two consumers take two
@@ -23,11 +23,15 @@ Backward (5 matmuls per tile; FlashAttention-2/3's dk/dv-major loop). One CTA of
   owns two 64-row key tiles of one kv head: the producer streams (query tile, dO tile, logsumexp,
   delta) for every query head of the group and every query tile in range; each consumer keeps its
   key and value tiles resident and accumulates dK and dV in registers:
-    Sᵀ = K·Qᵀ, Pᵀ = exp2(Sᵀ - lse), dV += Pᵀ·dO, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ∘(dPᵀ - delta),
-    dK += dSᵀ·Q, and dQ += dS·K, written through shared memory with a TMA reduce-add into a
+    Sᵀ = K·Qᵀ, Pᵀ = exp2(c·Sᵀ - lse), dV += Pᵀ·dO, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ∘(dPᵀ - delta),
+    dK += dSᵀ·Q, and dQ += dS·K (c = sm_scale·log2(e) in one multiply-add per score, since the
+    forward's logsumexp is in base 2; dK and dQ take sm_scale once), dQ written through shared
+    memory (dS stored once, read transposed by wgmma) with a TMA reduce-add into a
   float32 dq buffer (no atomics in registers, no second kernel re-reading K and V). delta =
-  rowsum(dO∘O) is one XLA reduction. Causal CTAs start at the first query tile that sees them;
-  CTAs are ordered heaviest first.
+  rowsum(dO∘O) is one XLA reduction. Causal CTAs start at the first query tile that sees them.
+  Both kernels put heads on the fastest grid axis and launch the heaviest tiles of every head
+  first (causal: the forward's last query tiles, the backward's first key tiles), so the last
+  wave holds the short CTAs of all heads rather than the long ones of a few.
 Conventions as every implementation (common.py): end-aligned causal, segment ids, zero output and
 zero gradients for a query that sees no key, float32 statistics. bf16 and f16 only (wgmma),
 head_dim 64 or 128; lengths are padded to the tiles (padded keys are masked by
@@ -608,8 +612,8 @@ def _backward(p: _Plan, q, k, v, qs, ks, out, lse, do):
     if p.count:
         out_type.append(jax.ShapeDtypeStruct((b, n_kt, p.kv_heads, NUM_CONSUMERS), jnp.int32))
     outs = _mgpu.kernel(
-        functools.partial(_backward_kernel, p), out_type=out_type, grid=(n_kt, p.kv_heads, b),
-        grid_names=("k", "h", "b"), num_threads=NUM_CONSUMERS + 1, compiler_params=_params(p),
+        functools.partial(_backward_kernel, p), out_type=out_type, grid=(p.kv_heads, n_kt, b),
+        grid_names=("h", "k", "b"), num_threads=NUM_CONSUMERS + 1, compiler_params=_params(p),
         interpret=_interpret(p), input_output_aliases={len(args): 0})(*args, dq0)
     dq, dk, dv = outs[:3]
     return (dq[:, :p.q_len].astype(q.dtype), dk[:, :p.kv_len], dv[:, :p.kv_len],
