@@ -138,12 +138,14 @@ def _visible(st, q_start, k_start, bq, bk, qseg, kseg):
 
 def _kv_block_end(st, qi, bq, bk):
     """Per query block, the end of the key blocks it can see: causal stops after the diagonal,
-    and key blocks made only of padding are never seen."""
+    key blocks made only of padding are never seen, and query blocks made only of padding (whose
+    outputs are cropped) see none."""
     n_real = -(-st.kv_len // bk)
-    if not st.causal:
-        return jnp.full(qi.shape, n_real, jnp.int32)
-    last_row = qi * bq + bq - 1 + (st.kv_len - st.q_len)
-    return jnp.clip(last_row // bk + 1, 0, n_real).astype(jnp.int32)
+    hi = jnp.full(qi.shape, n_real, jnp.int32)
+    if st.causal:
+        last_row = qi * bq + bq - 1 + (st.kv_len - st.q_len)
+        hi = jnp.clip(last_row // bk + 1, 0, n_real).astype(jnp.int32)
+    return jnp.where(qi * bq < st.q_len, hi, 0)
 
 
 def _q_block_range(st, kj, bq, bk):
