@@ -16,10 +16,11 @@ have to run the union of them: a batch of ragged sequences (key padding folded i
 would cost as much as its longest row. So with segment ids the forward scans over (q block, batch
 element) pairs and the backward over (kv block, batch element) pairs, each with its own bounds,
 and a half-padded batch costs about half whatever its rows' lengths. A step then multiplies one
-element's tile instead of the batch's; at the default 512-row tiles that leaves each step a few
-big matmuls, and it measured no slower than the batch-wide step on unpadded batches (CPU, see
-the tests' tile counts for the skipping). Without segment ids the bounds are common to the batch
-and one step computes the whole batch's tile, as before.
+element's tile instead of the batch's; at the default 512-row tiles that is still a few big
+matmuls per step: on CPU (batch 4, length 2048, 4 heads, head_dim 64, forward + backward) the
+per-element scan took no more time than the batch-wide one on unpadded ids, and rows keeping
+half their keys took 0.44x (0.66x causal) of the unpadded time. Without segment ids the bounds
+are common to the batch and one step computes the whole batch's tile, as before.
 
 `tile_visits` counts the (batch element, q tile, kv tile) steps each pass runs, with a counter in
 the loops' carry (a static flag: normal calls carry no counter).
