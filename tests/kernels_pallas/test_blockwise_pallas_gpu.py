@@ -2,8 +2,9 @@
 
 On CPU the kernels run in interpret mode with 16-row tiles, so small shapes still span many tiles
 (loop-bound skipping, diagonal masking, padding of odd lengths); tile skipping by segment ids is
-counted by the kernels themselves (tile_visits) against counts from the dense masks. The same kernels are lowered to
-Triton IR for CUDA (no GPU needed), and `gpu_only` tests run them compiled at realistic sizes.
+counted by the kernels themselves (tile_visits) against counts from the dense masks. The same
+kernels are lowered to Triton IR for CUDA (no GPU needed), and `gpu_only` tests run them compiled
+at realistic sizes.
 """
 from __future__ import annotations
 
@@ -95,10 +96,11 @@ def _visits(case, seg, tiles):
                                   kv_segment_ids=ks, sm_scale=0.1, block_sizes=tiles)
 
 
-def _expected(case, seg, tiles):
+def _expected(case, seg, tiles, dtype=jnp.float32):
     """Tile pairs with a visible pair (numpy, from the masks) per kernel, times the q heads: each
-    forward/dq program is one q head, each dk/dv program walks its group of q heads."""
-    p = pallas_gpu._plan(*inputs(case, jnp.float32, 0)[:2], case.causal, True, 0.1, tiles, True)
+    forward/dq program is one q head, each dk/dv program walks its group of q heads. (The
+    default tiles depend on the dtype.)"""
+    p = pallas_gpu._plan(*inputs(case, dtype, 0)[:2], case.causal, True, 0.1, tiles, True)
     count = lambda t: visible_tiles(case.q_len, case.kv_len, case.causal, *seg, t[0], t[1])
     return {"forward": count(p.fwd) * case.q_heads, "dq": count(p.dq) * case.q_heads,
             "dkv": count(p.dkv) * case.q_heads}
@@ -134,17 +136,20 @@ def test_interpret_packed_causal_segments_skip_off_diagonal_tiles():
     assert check_with_segment_ids(_impl(TILES), case, jnp.float16, seg).any()
 
 
-@pytest.mark.parametrize("case,dtype", [
-    (Case(1, 300, 300, 4, 1, 80, causal=True, segments=True), jnp.bfloat16),
-    (Case(1, 1000, 1000, 4, 2, 256, causal=True), jnp.float16),
-    (Case(1, 333, 200, 4, 4, 64), jnp.float32),
+@pytest.mark.parametrize("case,dtype,tiles", [
+    (Case(1, 300, 300, 4, 1, 80, causal=True, segments=True), jnp.bfloat16, None),
+    (Case(1, 1000, 1000, 4, 2, 256, causal=True), jnp.float16, None),
+    (Case(1, 333, 200, 4, 4, 64), jnp.float32, None),
+    # Forward tiles smaller than the padding: the forward skips a q tile made only of padding.
+    (Case(2, 100, 100, 2, 1, 32, causal=True), jnp.bfloat16, BlockSizes(16, 32, 32, 16)),
 ])
-def test_lowers_to_triton_for_cuda(case, dtype):
+def test_lowers_to_triton_for_cuda(case, dtype, tiles):
     """Without a GPU, the non-interpreted path still lowers to a Triton custom call for CUDA
     (catches unsupported ops and non-power-of-two shapes in the kernels)."""
     q, k, v, do, seg = inputs(case, dtype, 0)
     qs, ks = seg if seg is not None else (None, None)
-    plan = pallas_gpu._plan(q, k, case.causal, seg is not None, case.head_dim ** -0.5, None, False)
+    plan = pallas_gpu._plan(q, k, case.causal, seg is not None, case.head_dim ** -0.5, tiles,
+                            False)
     # Also with tile_visits' counters (the plan's count flag) so they stay lowerable on a GPU.
     for p in (plan, dataclasses.replace(plan, count=True)):
         out, lse = jax.eval_shape(lambda *a: pallas_gpu._forward(p, *a), q, k, v, qs, ks)[:2]
@@ -184,3 +189,21 @@ GPU_CASES = [
                          ids=[f"{c}-{jnp.dtype(d).name}" for c, d in GPU_CASES])
 def test_gpu_matches_oracle(case, dtype):
     check_against_oracle(_impl(block_sizes=None, interpret=False), case, dtype)
+
+
+@pytest.mark.gpu_only
+def test_gpu_key_padding_tile_visits():
+    """Compiled, with the default tiles: the counters (one int32 per program) agree with the
+    masks' counts, and a batch that is half key padding runs about half the tiles."""
+    case = Case(2, 2048, 2048, 4, 2, 128, causal=True, segments=True)
+    q, k, v, _, _ = inputs(case, jnp.bfloat16, 0)
+    padded = key_padded_ids([[2048], [2048]], [700, 1400], 2048)
+    unpadded = key_padded_ids([[2048], [2048]], [2048, 2048], 2048)
+    visits = lambda seg: pallas_gpu.tile_visits(q, k, v, causal=True, q_segment_ids=seg[0],
+                                                kv_segment_ids=seg[1], sm_scale=0.1,
+                                                interpret=False)
+    got, full = visits(padded), visits(unpadded)
+    assert got == _expected(case, padded, None, jnp.bfloat16)
+    assert full == _expected(case, unpadded, None, jnp.bfloat16)
+    for name in got:
+        assert got[name] < 0.8 * full[name], (name, got, full)
