@@ -1,10 +1,14 @@
 """pallas_gpu (Pallas + Triton lowering) blockwise attention against the float64 oracle.
 
 On CPU the kernels run in interpret mode with 16-row tiles, so small shapes still span many tiles
-(loop-bound skipping, diagonal masking, padding of odd lengths). The same kernels are lowered to
-Triton IR for CUDA (no GPU needed), and `gpu_only` tests run them compiled at realistic sizes.
+(loop-bound skipping, diagonal masking, padding of odd lengths); tile skipping by segment ids is
+counted by the kernels themselves (tile_visits) against counts from the dense masks. The same
+kernels are lowered to Triton IR for CUDA (no GPU needed), and `gpu_only` tests run them compiled
+at realistic sizes.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -14,6 +18,9 @@ import jax.numpy as jnp
 from kernels_pallas.blockwise_attention import BlockSizes, blockwise_attention
 from kernels_pallas.blockwise_attention import pallas_gpu
 from tests.kernels_pallas.attention_oracle import Case, check_against_oracle, inputs
+# The tile-count and explicit-segment-id helpers are shared with the XLA implementation's tests.
+from tests.kernels_pallas.test_blockwise_xla import (check_with_segment_ids, key_padded_ids,
+                                                     visible_tiles)
 
 TILES = BlockSizes(16, 16)
 
@@ -82,23 +89,75 @@ def test_causal_loop_bounds(q_len, kv_len, bq, bk):
                 assert t[:last].all(), (kj, qi)
 
 
-@pytest.mark.parametrize("case,dtype", [
-    (Case(1, 300, 300, 4, 1, 80, causal=True, segments=True), jnp.bfloat16),
-    (Case(1, 1000, 1000, 4, 2, 256, causal=True), jnp.float16),
-    (Case(1, 333, 200, 4, 4, 64), jnp.float32),
+def _visits(case, seg, tiles):
+    q, k, v, _, _ = inputs(case, jnp.float32, 0)
+    qs, ks = (None, None) if seg is None else seg
+    return pallas_gpu.tile_visits(q, k, v, causal=case.causal, q_segment_ids=qs,
+                                  kv_segment_ids=ks, sm_scale=0.1, block_sizes=tiles)
+
+
+def _expected(case, seg, tiles, dtype=jnp.float32):
+    """Tile pairs with a visible pair (numpy, from the masks) per kernel, times the q heads: each
+    forward/dq program is one q head, each dk/dv program walks its group of q heads. (The
+    default tiles depend on the dtype.)"""
+    p = pallas_gpu._plan(*inputs(case, dtype, 0)[:2], case.causal, True, 0.1, tiles, True)
+    count = lambda t: visible_tiles(case.q_len, case.kv_len, case.causal, *seg, t[0], t[1])
+    return {"forward": count(p.fwd) * case.q_heads, "dq": count(p.dq) * case.q_heads,
+            "dkv": count(p.dkv) * case.q_heads}
+
+
+def test_interpret_key_padding_skips_its_tiles():
+    """Rows keeping 30 and 70 of 100 keys (half the batch's keys are padding) run about half the
+    tile steps of the unpadded batch in all three kernels, each row with its own bound (GQA dk/dv
+    loop over the group; forward and backward tiles differ, so q is padded past whole tiles), and
+    the results still match the oracle."""
+    case, tiles = Case(2, 100, 100, 2, 1, 32, segments=True), BlockSizes(16, 32, 32, 16)
+    padded = key_padded_ids([[100], [100]], [30, 70], 100)
+    unpadded = key_padded_ids([[100], [100]], [100, 100], 100)
+    got, full = _visits(case, padded, tiles), _visits(case, unpadded, tiles)
+    assert got == _expected(case, padded, tiles)
+    assert full == _expected(case, unpadded, tiles) == _visits(case, None, tiles)
+    for name in got:
+        assert 0.4 <= got[name] / full[name] <= 0.6, (name, got, full)
+    check_with_segment_ids(_impl(tiles), case, jnp.bfloat16, padded)
+
+
+def test_interpret_packed_causal_segments_skip_off_diagonal_tiles():
+    """Packed causal sequences visit only their segments' diagonal blocks, fewer than the causal
+    mask alone; row 0's third segment has only padded keys, so its queries see no key (zeros,
+    zero gradients)."""
+    case = Case(2, 100, 100, 4, 2, 64, causal=True, segments=True)
+    seg = key_padded_ids([[40, 30, 30], [60, 40]], [70, 85], 100)
+    got = _visits(case, seg, TILES)
+    assert got == _expected(case, seg, TILES)
+    causal_only = _visits(case, None, TILES)
+    for name in got:
+        assert got[name] < 0.8 * causal_only[name], (name, got, causal_only)
+    assert check_with_segment_ids(_impl(TILES), case, jnp.float16, seg).any()
+
+
+@pytest.mark.parametrize("case,dtype,tiles", [
+    (Case(1, 300, 300, 4, 1, 80, causal=True, segments=True), jnp.bfloat16, None),
+    (Case(1, 1000, 1000, 4, 2, 256, causal=True), jnp.float16, None),
+    (Case(1, 333, 200, 4, 4, 64), jnp.float32, None),
+    # Forward tiles smaller than the padding: the forward skips a q tile made only of padding.
+    (Case(2, 100, 100, 2, 1, 32, causal=True), jnp.bfloat16, BlockSizes(16, 32, 32, 16)),
 ])
-def test_lowers_to_triton_for_cuda(case, dtype):
+def test_lowers_to_triton_for_cuda(case, dtype, tiles):
     """Without a GPU, the non-interpreted path still lowers to a Triton custom call for CUDA
     (catches unsupported ops and non-power-of-two shapes in the kernels)."""
     q, k, v, do, seg = inputs(case, dtype, 0)
     qs, ks = seg if seg is not None else (None, None)
-    p = pallas_gpu._plan(q, k, case.causal, seg is not None, case.head_dim ** -0.5, None, False)
-    out, lse = jax.eval_shape(lambda *a: pallas_gpu._forward(p, *a), q, k, v, qs, ks)
-    fwd = jax.jit(lambda *a: pallas_gpu._forward(p, *a)).trace(q, k, v, qs, ks)
-    bwd = jax.jit(lambda *a: pallas_gpu._backward(p, *a)).trace(
-        q, k, v, qs, ks, jnp.zeros(out.shape, out.dtype), jnp.zeros(lse.shape, lse.dtype), do)
-    texts = [t.lower(lowering_platforms=("cuda",)).as_text() for t in (fwd, bwd)]
-    assert [t.count("xla.gpu.triton") for t in texts] == [1, 2]
+    plan = pallas_gpu._plan(q, k, case.causal, seg is not None, case.head_dim ** -0.5, tiles,
+                            False)
+    # Also with tile_visits' counters (the plan's count flag) so they stay lowerable on a GPU.
+    for p in (plan, dataclasses.replace(plan, count=True)):
+        out, lse = jax.eval_shape(lambda *a: pallas_gpu._forward(p, *a), q, k, v, qs, ks)[:2]
+        fwd = jax.jit(lambda *a: pallas_gpu._forward(p, *a)).trace(q, k, v, qs, ks)
+        bwd = jax.jit(lambda *a: pallas_gpu._backward(p, *a)).trace(
+            q, k, v, qs, ks, jnp.zeros(out.shape, out.dtype), jnp.zeros(lse.shape, lse.dtype), do)
+        texts = [t.lower(lowering_platforms=("cuda",)).as_text() for t in (fwd, bwd)]
+        assert [t.count("xla.gpu.triton") for t in texts] == [1, 2]
 
 
 def test_rejects_what_it_cannot_do():
@@ -130,3 +189,21 @@ GPU_CASES = [
                          ids=[f"{c}-{jnp.dtype(d).name}" for c, d in GPU_CASES])
 def test_gpu_matches_oracle(case, dtype):
     check_against_oracle(_impl(block_sizes=None, interpret=False), case, dtype)
+
+
+@pytest.mark.gpu_only
+def test_gpu_key_padding_tile_visits():
+    """Compiled, with the default tiles: the counters (one int32 per program) agree with the
+    masks' counts, and a batch that is half key padding runs about half the tiles."""
+    case = Case(2, 2048, 2048, 4, 2, 128, causal=True, segments=True)
+    q, k, v, _, _ = inputs(case, jnp.bfloat16, 0)
+    padded = key_padded_ids([[2048], [2048]], [700, 1400], 2048)
+    unpadded = key_padded_ids([[2048], [2048]], [2048, 2048], 2048)
+    visits = lambda seg: pallas_gpu.tile_visits(q, k, v, causal=True, q_segment_ids=seg[0],
+                                                kv_segment_ids=seg[1], sm_scale=0.1,
+                                                interpret=False)
+    got, full = visits(padded), visits(unpadded)
+    assert got == _expected(case, padded, None, jnp.bfloat16)
+    assert full == _expected(case, unpadded, None, jnp.bfloat16)
+    for name in got:
+        assert got[name] < 0.8 * full[name], (name, got, full)
