@@ -129,9 +129,9 @@ def _plan(q, k, causal, segments, sm_scale, block_sizes, interpret, count=False)
             raise NotImplementedError(f"pallas_mosaic_gpu: BlockSizes.{name}={v} must be a multiple "
                                       f"of 64 up to 256")
     itemsize = q.dtype.itemsize
-    # Forward: 128-key tiles (the wgmma N of Q·Kᵀ) up to d=128, 64 at d=256; as many stages as fit
-    # in ~200 KiB of the 227 KiB of shared memory next to the two query tiles.
-    bk = user.block_kv or (128 if d <= 128 else 64)
+    # Forward: 128-key tiles (the wgmma N of Q·Kᵀ, FlashAttention-3's choice at these head_dims);
+    # as many stages as fit in ~200 KiB of the 227 KiB of shared memory next to the query tiles.
+    bk = user.block_kv or 128
     bk = min(bk, round_up(lk, 64))
     stages = 2
     while stages < 4 and _smem_bytes(BLOCK_Q, bk, d, stages + 1, itemsize) <= 200 * 1024:
@@ -146,6 +146,7 @@ def _plan(q, k, causal, segments, sm_scale, block_sizes, interpret, count=False)
 
 
 def _params(p: _Plan):
+    del p  # the same for every plan: approximate exp2 and reciprocals, as FlashAttention-3
     return plgpu.CompilerParams(approx_math=True)
 
 
@@ -156,7 +157,8 @@ def _interpret(p: _Plan):
 # ----------------------------------------------------------------------------- shared pieces
 
 def _swizzled(shape, dtype):
-    """Shared memory in the layout wgmma and TMA want: (8, 64)-element tiles, 128-byte swizzle."""
+    """Shared memory in the layout wgmma and TMA want: 8-row tiles of 128 bytes (64 bf16/f16 or
+    32 float32 elements), 128-byte swizzle (64 for rows of only 64 bytes)."""
     swizzle = 128 if shape[-1] * jnp.dtype(dtype).itemsize >= 128 else 64
     tile = swizzle // jnp.dtype(dtype).itemsize
     return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, tile)),
@@ -170,7 +172,8 @@ def _rendezvous(barrier):
 
 
 def _mma(a, b_ref, shape, *, transpose_b=False, init=None):
-    """a @ b (a a shared-memory ref or a register array), float32, through a wgmma accumulator."""
+    """a @ b, float32, through a wgmma accumulator (starting at `init` if given); `a` is a
+    shared-memory ref or a register array, `b` a shared-memory ref (read transposed if asked)."""
     b = plgpu.transpose_ref(b_ref, (1, 0)) if transpose_b else b_ref
 
     def run(acc_ref):
