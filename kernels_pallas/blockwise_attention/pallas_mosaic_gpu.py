@@ -146,7 +146,7 @@ def _plan(q, k, causal, segments, sm_scale, block_sizes, interpret, count=False)
 
 
 def _params(p: _Plan):
-    del p  # the same for every plan: approximate exp2 and reciprocals, as FlashAttention-3
+    del p  # the same for every plan: exp2 and log2 as ex2.approx/lg2.approx, as FlashAttention-3
     return plgpu.CompilerParams(approx_math=True)
 
 
