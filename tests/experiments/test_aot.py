@@ -173,11 +173,14 @@ def test_lm_with_pallas_attention_runs_the_kernel_per_shard(aot_env):
     kernels = [line for line in step.as_text().splitlines() if 'custom_call_target="tpu_custom_call"' in line]
     # Per layer: the forward, then dq and dk/dv in the backward.
     assert len(kernels) == 3 * config.model.num_layers, len(kernels)
-    # Kernel layout [batch, heads, length, head_dim]: the first result of every call.
-    first_results = [re.search(r"= \(?\w+\[(\d+),(\d+),", line).groups() for line in kernels]
-    heads = {int(h) for _, h in first_results}
-    assert {int(b) for b, _ in first_results} == {config.batch_size // 2}
-    assert heads <= {config.model.num_heads // 2, config.model.num_kv_heads // 2}, heads
+    # The first result of every call: [batch, heads, length, head_dim] where the kernel transposes,
+    # [batch, length, heads * head_dim] where it works in place (one head here: k/v's dk, dv).
+    head_dim = config.model.embed_dim // config.model.num_heads
+    shapes = [[int(x) for x in re.search(r"= \(?\w+\[([\d,]+)\]", line).group(1).split(",")]
+              for line in kernels]
+    heads = {dims[1] if len(dims) == 4 else dims[2] // head_dim for dims in shapes}
+    assert {dims[0] for dims in shapes} == {config.batch_size // 2}, shapes
+    assert heads <= {config.model.num_heads // 2, config.model.num_kv_heads // 2}, shapes
 
 
 def test_per_device_memory_and_flops_stay_flat_under_weak_scaling(aot_env):

@@ -68,7 +68,9 @@ def test_remat_keeps_outputs_and_gradients(mode, remat):
     grads_ref, y_ref = _loss_and_grad(mode, "none")(_params(mode))
     grads, y = _loss_and_grad(mode, remat)(_params(mode))
     chex.assert_trees_all_close(y, y_ref, atol=1e-6)
-    chex.assert_trees_all_close(grads, grads_ref, atol=1e-6)
+    # Recomputing the forward inside the backward lets XLA fuse (and so round) it differently:
+    # gradients of magnitude ~4 were seen 2e-6 apart under remat="full" on this machine.
+    chex.assert_trees_all_close(grads, grads_ref, rtol=1e-5, atol=1e-6)
 
 
 def _residual_bytes(remat):
