@@ -2,7 +2,7 @@
 
 Each implementation is a module `PACKAGE.NAME` with an `attention(*args, **kwargs)` function,
 imported on first use, so a GPU machine never imports the TPU kernels and vice versa. A module that
-cannot be imported (jax without Pallas Triton, a kernel not written yet) makes its implementation
+cannot be imported (jax without Pallas Triton, say) makes its implementation
 *unavailable*: implementation=None skips it, and naming it raises `Unavailable` saying why.
 
 Implementation names follow one scheme, shared with fintrans.ops (its dispatch.IMPLEMENTATION_NAMES

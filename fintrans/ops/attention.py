@@ -16,7 +16,7 @@ attention implementations:
   xla_blockwise      kernels_pallas.blockwise_attention's XLA online softmax: O(length) memory
   reference          kernels_pallas.blockwise_attention's dense float32 oracle (same inputs as blockwise)
   pallas_gpu         the Pallas Triton kernel (GPU)
-  pallas_mosaic_gpu  the Pallas Mosaic GPU kernel (Hopper; unavailable until its module exists)
+  pallas_mosaic_gpu  the Pallas Mosaic GPU kernels (Hopper, bfloat16/float16, head_dim 64 or 128)
   cudnn              cuDNN's fused kernel (GPU): no segment ids or masks; causal only with
                      q_len == kv_len; bfloat16/float16
   pallas_tpu         the Pallas Mosaic kernel (preferred on TPU)
