@@ -166,7 +166,6 @@ def _install_accumulator_store_and_load():
     write the interpreter already threads its ordering token through: `plgpu.load` is a read
     whose layout is only a hint, an accumulator store is a write of the whole accumulator."""
     import jax
-    from jax._src import core as jax_core
     from jax._src.pallas.mosaic_gpu import primitives as gpu_primitives
     from jax._src.pallas.mosaic_gpu.interpret import jaxpr_interpret as ji
     from jax._src.state import primitives as state_primitives
@@ -187,7 +186,6 @@ def _install_accumulator_store_and_load():
             jaxpr = jaxpr.replace(eqns=[rewrite(e) for e in jaxpr.eqns])
         return original(self, jaxpr, token, *args)
 
-    del jax_core
     ji.JaxprInterpreter.interpret = interpret
 
 

@@ -145,8 +145,8 @@ def _plan(q, k, causal, segments, sm_scale, block_sizes, interpret, count=False)
                  bkb, BLOCK_Q, 2, interpret, count)
 
 
-def _params(p: _Plan):
-    del p  # the same for every plan: exp2 and log2 as ex2.approx/lg2.approx, as FlashAttention-3
+def _params():
+    """exp2 and log2 as ex2.approx/lg2.approx, as FlashAttention-3 (the same for every plan)."""
     return plgpu.CompilerParams(approx_math=True)
 
 
@@ -419,7 +419,7 @@ def _forward(p: _Plan, q, k, v, qs, ks):
     outs = plgpu.kernel(
         functools.partial(_forward_kernel, p), out_type=out_type,
         grid=(n_hu, n_qt, b), grid_names=("h", "q", "b"), num_threads=NUM_CONSUMERS + 1,
-        thread_name="wg", compiler_params=_params(p), interpret=_interpret(p),
+        thread_name="wg", compiler_params=_params(), interpret=_interpret(p),
     )(*args)
     return outs[0][:, :p.q_len], outs[1], (outs[2] if p.count else None)
 
@@ -616,7 +616,7 @@ def _backward(p: _Plan, q, k, v, qs, ks, out, lse, do):
         out_type.append(jax.ShapeDtypeStruct((b, n_kt, p.kv_heads, NUM_CONSUMERS), jnp.int32))
     outs = _mgpu.kernel(
         functools.partial(_backward_kernel, p), out_type=out_type, grid=(p.kv_heads, n_kt, b),
-        grid_names=("h", "k", "b"), num_threads=NUM_CONSUMERS + 1, compiler_params=_params(p),
+        grid_names=("h", "k", "b"), num_threads=NUM_CONSUMERS + 1, compiler_params=_params(),
         interpret=_interpret(p), input_output_aliases={len(args): 0})(*args, dq0)
     dq, dk, dv = outs[:3]
     return (dq[:, :p.q_len].astype(q.dtype), dk[:, :p.kv_len], dv[:, :p.kv_len],
