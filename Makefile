@@ -23,8 +23,9 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml constraints.txt
 	$(PIP) install --quiet -c constraints.txt -e .
 	@touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install --quiet -c constraints.txt -e ".[test,parity,tpu]"
+$(VENV)/.installed-test: $(VENV)/.installed requirements-neuralforecast.txt
+	$(PIP) install --quiet -c constraints.txt -e ".[test,parity,tpu,claims]"
+	$(PIP) install --quiet --no-deps -r requirements-neuralforecast.txt
 	@touch $@
 
 install: $(VENV)/.installed

@@ -13,8 +13,7 @@ departures that the comparisons avoid: (1) it tiles the per-sample delays and we
 flattened (batch·heads) axis head-major while the data is batch-major, so samples and delays
 mismatch unless batch == 1 or heads == 1; (2) when queries are longer than keys it truncates the
 queries before the FFT (the authors only zero-pad keys and values). Full-model parity with the
-authors' code is in test_neuralforecast_parity.py (neuralforecast ships the authors' modules; an
-optional group, see there).
+authors' code is in test_neuralforecast_parity.py (neuralforecast ships the authors' modules).
 """
 from __future__ import annotations
 

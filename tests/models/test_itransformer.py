@@ -1,6 +1,6 @@
 """itransformer: equivariance to permuting variates, invariance to per-series affine maps under
 use_norm, per-series normalisation, and that attention mixes variates. Parity with neuralforecast's
-iTransformer (the authors' modules) is in test_neuralforecast_parity.py, an optional group."""
+iTransformer (the authors' modules) is in test_neuralforecast_parity.py."""
 from __future__ import annotations
 
 import functools

@@ -6,11 +6,9 @@ projector), wrapped in its BaseModel. We build each with random weights, convert
 modules and compare forecasts, in inference mode and (Autoformer, dropout 0) in training mode,
 whose delay selection differs.
 
-An optional group: neuralforecast pulls in pytorch-lightning, ray and optuna (about 300 MB), so it is
-not in the `parity` extra and this module is skipped without it. Run it with
-    bash tests/models/run_neuralforecast_parity.sh
-which installs the pinned packages into a separate directory (not the project's venv) and runs
-this file with them on PYTHONPATH.
+Part of every `make test`: `make install-test` installs neuralforecast and the packages it adds
+(pytorch-lightning, ray, optuna, ...) with --no-deps from requirements-neuralforecast.txt, so the
+import below is required, not skipped.
 
 neuralforecast's Autoformer is univariate (enc_in = c_out = 1); the multivariate comparison builds
 the same authors' modules with C channels and runs the authors' Model.forward (as neuralforecast's
@@ -26,9 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-nf = pytest.importorskip(
-    "neuralforecast", reason="optional parity group: run `bash tests/models/run_neuralforecast_parity.sh`")
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 from neuralforecast.common._modules import DataEmbedding, SeriesDecomp  # noqa: E402
 from neuralforecast.models import Autoformer as NFAutoformer  # noqa: E402
 from neuralforecast.models import iTransformer as NFiTransformer  # noqa: E402
