@@ -124,11 +124,11 @@ def run(quick: bool = False) -> dict:
     f1s = {"BERT (small, from scratch)": [f1(test_y, p) for p in bert],
            **{k: [f1(test_y, p)] for k, p in base.items()}}
     acc_ci = {k: bootstrap_ci(v.astype(float)) for k, v in correct.items()}
-    diffs = {k: paired_bootstrap_ci(correct["BERT (small, from scratch)"].astype(float), (p == test_y)[None].astype(float))
-             for k, p in base.items()}
+    bert_correct = correct["BERT (small, from scratch)"].astype(float)
+    diffs = {k: paired_bootstrap_ci(bert_correct, (p == test_y)[None].astype(float)) for k, p in base.items()}
     f1_diffs = {k: paired_f1_ci(bert, p, test_y, num_resamples=300 if quick else 2000) for k, p in base.items()}
-    per_kind = {k: {kind: float(v[:, [i for i, x in enumerate(kinds) if x == kind]].mean()) for kind in sorted(set(kinds))}
-                for k, v in correct.items()}
+    rows = {kind: [i for i, x in enumerate(kinds) if x == kind] for kind in sorted(set(kinds))}
+    per_kind = {k: {kind: float(v[:, r].mean()) for kind, r in rows.items()} for k, v in correct.items()}
     return dict(seeds=list(seeds), quick=quick, n_train=len(train_y), n_test=len(test_y),
                 train_labels_flipped=int(ds.info["num_flipped"]["train"]), label_noise=ds.info["label_noise"],
                 accuracy_per_seed={k: v.mean(1).tolist() for k, v in correct.items()}, f1_per_seed=f1s,
