@@ -11,7 +11,8 @@ Datasets (fd.names()) and their config fields besides `name`, `data_dir` (defaul
   digits           [augment, crop_padding, pad_mode]
                                       {'inputs': float32[B, 8, 8, 1] in [0, 1], 'label': int32[B]}
   sp500            input_len, horizon {'inputs': float32[B, input_len, 6], 'targets': float32[B, horizon, 6]}
-  finai_sentences  max_len            {'inputs': int32[B, max_len] ([CLS] first), 'mask': bool[B, max_len], 'label'}
+  finai_sentences  max_len, [generator ('hard'|'easy'), label_noise (train only, default 0.03)]
+                                      {'inputs': int32[B, max_len] ([CLS] first), 'mask': bool[B, max_len], 'label'}
   stocks           input_len, horizon, target, min_corr_pct
                                       {'inputs': float32[B, input_len, C], 'targets': float32[B, horizon, C]}; C of
                                       AAPL/GOOG/IBM/MSFT/sp500/nasdaq kept by train-split correlation with target

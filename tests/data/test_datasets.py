@@ -7,7 +7,7 @@ import pytest
 
 import fintrans.data as fd
 from fintrans.data import storage
-from fintrans.data.builders import DATASETS, chars, finai_sentences, sp500
+from fintrans.data.builders import DATASETS, chars, finai_hard_templates, finai_sentences, finai_templates, sp500
 
 SPLITS = ("train", "validation", "test")
 
@@ -166,24 +166,60 @@ def test_sp500_matches_arch_loader():
 
 
 # --- finai_sentences -----------------------------------------------------------------------------
-def test_finai_balanced_with_hard_negatives_and_disjoint_splits(load, records):
+def _finai_records(records, generator):
+    """The prepared records of one generator, in the order its sources read them."""
+    index = finai_sentences.GENERATORS.index(generator)
+    return {s: [r for r in recs if int(r["generator"]) == index] for s, recs in records("finai_sentences").items()}
+
+
+def test_finai_hard_is_balanced_split_by_template_group_with_train_only_label_noise(load, records):
     ds = load("finai_sentences")
-    recs = records("finai_sentences")
-    assert ds.info["num_examples"] == {"train": 2400, "validation": 300, "test": 300}
+    recs = _finai_records(records, "hard")
+    assert ds.info["generator"] == "hard" and ds.info["num_examples"] == {"train": 1108, "validation": 160,
+                                                                           "test": 318}
+    groups, texts = [], []
     for split in SPLITS:
-        labels = collections.Counter(int(r["label"]) for r in recs[split])
-        assert labels[0] == labels[1]
-        assert ds.info["kind_counts"][split]["hard_negative"] > 0.15 * len(recs[split])
-    hard = [r["sentence"].decode() for r in recs["train"] if r["kind"] == 2]
-    assert any(" model" in s for s in hard) and any("cloud" in s for s in hard)
-    sentences = [{r["sentence"] for r in recs[s]} for s in SPLITS]
-    assert sum(map(len, sentences)) == len(set().union(*sentences)) == 3000
+        clean = np.array([int(r["label"]) for r in recs[split]])
+        assert clean.sum() * 2 == len(clean)  # balanced, as the paper's 793 + 793
+        src = ds.source(split)
+        seen = src.take(np.arange(len(src)))["label"]
+        flips = int(np.sum(seen != clean))
+        assert flips == (round(0.03 * 1108) if split == "train" else 0), (split, flips)
+        assert all(ds.info["kind_counts"][split][k] > 0.1 * len(clean) for k in finai_hard_templates.HARD_KINDS)
+        groups.append({r["group"] for r in recs[split]})
+        texts.append({r["sentence"] for r in recs[split]})
+    # No template group (and so no paraphrase of a test sentence) and no sentence in two splits.
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert sum(map(len, texts)) == len(set().union(*texts)) == 1586
+    regenerated = finai_hard_templates.generate_splits(finai_sentences.SEED)  # deterministic in the seed
+    assert {s.text.encode() for s in regenerated["test"]} == texts[2]
+    assert {s.text for s in finai_hard_templates.generate_splits(1)["test"]} != {s.text for s in regenerated["test"]}
+    kinds = {k: [r["sentence"].decode() for r in recs["train"] if finai_templates.KINDS[r["kind"]] == k]
+             for k in ("distractor", "implicit_disclosure")}
+    assert any(" not " in s for s in kinds["distractor"]) and any("competitors" in s for s in kinds["distractor"])
+    for sentence in kinds["implicit_disclosure"]:  # disclosures that avoid the obvious keywords
+        words = set(sentence.lower().replace(".", " ").replace(",", " ").split())
+        assert not words & {"ai", "artificial", "intelligence", "machine", "chatbot", "neural", "generative"}, \
+            sentence
+
+
+def test_finai_easy_generator_stays_reachable(load, records):
+    ds = load("finai_sentences", generator="easy", label_noise=0.0)
+    recs = _finai_records(records, "easy")
+    assert ds.info["num_examples"] == {"train": 2400, "validation": 300, "test": 300}
+    src = ds.source("train")
+    np.testing.assert_array_equal(src.take(np.arange(len(src)))["label"], [int(r["label"]) for r in recs["train"]])
+    assert {finai_templates.KINDS[r["kind"]] for r in recs["train"]} == {"ai_disclosure", "plain", "hard_negative"}
+    with pytest.raises(fd.DataConfigError, match=r"label_noise.*\[0, 0.5\)"):
+        load("finai_sentences", label_noise=0.6)
+    with pytest.raises(fd.DataConfigError, match=r"generator.*'hard', 'easy'"):
+        load("finai_sentences", generator="medium")
 
 
 def test_finai_inputs_mask_and_decode(load, records):
     ds = load("finai_sentences")
     src = ds.source("validation")
-    recs = records("finai_sentences")["validation"]
+    recs = _finai_records(records, "hard")["validation"]
     x, mask = (lambda a: (a["inputs"], a["mask"]))(src.take(np.arange(len(src))))
     assert np.all(x[:, 0] == 1) and np.array_equal(mask, x != 0)
     assert not np.any(x == ds.info["unk_id"])  # the vocab covers every generated word
@@ -197,4 +233,4 @@ def test_finai_truncation_keeps_cls_first_and_sep_last(load):
     ds = load("finai_sentences", max_len=8)
     x = ds.source("train").take(np.arange(ds.info["num_examples"]["train"]))["inputs"]
     assert x.shape[1] == 8 and np.all(x[:, 0] == 1) and np.all(x[:, -1] == 2)
-    assert ds.info["num_truncated"]["train"] == 2400
+    assert ds.info["num_truncated"]["train"] == 1108

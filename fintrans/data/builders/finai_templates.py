@@ -21,7 +21,8 @@ from typing import Callable
 from fintrans.data.tokenizers import word_join, word_split
 
 LABEL_NAMES = ("not_ai", "ai_disclosure")
-KINDS = ("ai_disclosure", "plain", "hard_negative")
+# The hard generator's kinds follow the easy one's, so the easy records keep their kind ids.
+KINDS = ("ai_disclosure", "plain", "hard_negative", "distractor", "implicit_disclosure")
 
 SUBJECTS = (
     dict(S="We", s="we", Our="Our", our="our", plural=True),
@@ -33,6 +34,8 @@ VERBS = {  # plural/base form -> third person singular
     "use": "uses", "have": "has", "continue": "continues", "expect": "expects", "partner": "partners",
     "apply": "applies", "be": "is", "maintain": "maintains", "operate": "operates", "rely": "relies",
     "plan": "plans", "offer": "offers", "evaluate": "evaluates", "monitor": "monitors",
+    # (used by finai_hard_templates)
+    "do": "does", "expand": "expands", "hire": "hires", "test": "tests", "face": "faces", "provide": "provides",
 }
 _BE_PLURAL = "are"
 
@@ -254,7 +257,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Our financial model assumes that deposit costs decline gradually over the next {small} quarters.",
     ),
 }
-_SLOT_RE = re.compile(r"\{(\w+)(?::(\w+))?\}")
+SLOT_RE = re.compile(r"\{(\w+)(?::(\w+))?\}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +265,7 @@ class Sentence:
     text: str
     label: int  # 1 = AI disclosure
     kind: str  # one of KINDS
+    group: str = ""  # the template group it was written from ('kind/index'; hard generator only)
 
 
 def _conjugate(verb: str, subject: dict) -> str:
@@ -270,7 +274,8 @@ def _conjugate(verb: str, subject: dict) -> str:
     return VERBS[verb]
 
 
-def _fill(template: str, rng: random.Random) -> str:
+def fill(template: str, rng: random.Random, slots: dict[str, tuple[str, ...]] = SLOTS) -> str:
+    """One sentence from `template`: a random subject and year, slots drawn from `slots`."""
     subject = rng.choice(SUBJECTS)
     context = {"year": rng.randint(2016, 2024)}
 
@@ -282,10 +287,12 @@ def _fill(template: str, rng: random.Random) -> str:
             return subject[slot]
         if slot in NUMBERS:
             return NUMBERS[slot](rng, context)
-        return rng.choice(SLOTS[slot])
+        return rng.choice(slots[slot])
 
+    text = SLOT_RE.sub(replace, template)
+    text = text[:1].upper() + text[1:]  # a template may open with a lower-case slot value
     # Re-join through the tokenizer so that text == decode(encode(text)) exactly.
-    return word_join(word_split(_SLOT_RE.sub(replace, template)))
+    return word_join(word_split(text))
 
 
 def generate(num_per_class: int, seed: int) -> list[Sentence]:
@@ -301,7 +308,7 @@ def generate(num_per_class: int, seed: int) -> list[Sentence]:
             attempts += 1
             if attempts > 50 * count + 1000:
                 raise RuntimeError(f"templates of kind {kind!r} cannot make {count} unique sentences")
-            text = _fill(rng.choice(TEMPLATES[kind]), rng)
+            text = fill(rng.choice(TEMPLATES[kind]), rng)
             if text not in seen:
                 seen.add(text)
                 out.append(Sentence(text, int(kind == "ai_disclosure"), kind))
@@ -311,7 +318,7 @@ def generate(num_per_class: int, seed: int) -> list[Sentence]:
 
 def vocabulary_texts() -> list[str]:
     """Every word the generator can write (template text, slot values, subjects, verb forms)."""
-    texts = [_SLOT_RE.sub(" ", t) for ts in TEMPLATES.values() for t in ts]
+    texts = [SLOT_RE.sub(" ", t) for ts in TEMPLATES.values() for t in ts]
     texts += [v for values in SLOTS.values() for v in values]
     texts += [s[k] for s in SUBJECTS for k in ("S", "s", "Our", "our")]
     texts += list(VERBS) + list(VERBS.values()) + [_BE_PLURAL, "$", "%", ".", ","]
