@@ -19,7 +19,7 @@ Rows. `--config=NAME:ARG` names one row:
     repeating their last value (sktime's MiniRocket takes equal lengths only; 1-NN DTW gets the same arrays).
 
 Cache. Every (row, seed) result is kept in --json (default experiments/results/uea_classification.json)
-with each test series' correctness. A run recomputes only the rows it names (training from scratch: the run's
+with each test series' correctness (a '0'/'1' string in TEST-file order). A run recomputes only the rows it names (training from scratch: the run's
 workdir is cleared) and keeps every other row from the JSON; the markdown table (--output) is always made from
 the whole JSON. So rerunning, say, the ShapeFormer rows is `--config=shapeformer_uea:runlocal,dataset=...` alone.
 `--list` prints the cached rows. `--drop=ROW` removes a row from the JSON.
@@ -129,7 +129,7 @@ def run_baseline(name: str, dataset: str, fit: str, seed: int) -> dict:
 
         pred = KNeighborsTimeSeriesClassifier(n_neighbors=1, distance="dtw").fit(x_fit, y_fit).predict(x_test)
     correct = (np.asarray(pred).astype(np.int64) == y_test)
-    return {"test/accuracy": float(correct.mean()), "correct": correct.astype(int).tolist(),
+    return {"test/accuracy": float(correct.mean()), "correct": as_bits(correct),
             "fit_examples": int(len(y_fit)), "wall_s": time.perf_counter() - start}
 
 
@@ -166,11 +166,20 @@ def run_config(row: str, seed: int, workdir: Path) -> dict:
         pred, label = predictions(config, result["params"], result.get("model_state"), split)
         out[f"{split}/accuracy"] = float((pred == label).mean())
         if split == "test":
-            out["correct"] = (pred == label).astype(int).tolist()
+            out["correct"] = as_bits(pred == label)
     return out
 
 
 # --- the cache and the table ------------------------------------------------------------------------
+def as_bits(correct) -> str:
+    """Per test series correctness as a '0'/'1' string, in TEST-file order (compact in the JSON)."""
+    return "".join("1" if c else "0" for c in np.asarray(correct, bool))
+
+
+def from_bits(bits: str) -> np.ndarray:
+    return np.frombuffer(bits.encode(), np.uint8) - ord("0")
+
+
 def load_cache(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"rows": {}}
 
@@ -183,7 +192,7 @@ def save_cache(path: Path, cache: dict) -> None:
 def summarize(row: str, runs: dict) -> dict:
     """Seed statistics and the bootstrap interval of one row's cached runs {seed: result}."""
     accs = [runs[s]["test/accuracy"] for s in sorted(runs, key=int)]
-    correct = np.asarray([runs[s]["correct"] for s in sorted(runs, key=int)], np.float64)
+    correct = np.asarray([from_bits(runs[s]["correct"]) for s in sorted(runs, key=int)], np.float64)
     mean, lo, hi = bootstrap_ci(correct)
     std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
     return {"row": row, "seeds": len(accs), "mean": float(np.mean(accs)), "std": std, "lo": lo, "hi": hi,
