@@ -20,6 +20,8 @@ Datasets (fd.names()) and their config fields besides `name`, `data_dir` (defaul
   japanese_vowels  [shapelets]        {'inputs': float32[B, 29, 12] zero-padded, 'mask': bool[B, 29], 'label' (9)}
   arrow_head       [shapelets]        {'inputs': float32[B, 251, 1], 'mask': bool[B, 251], 'label' (3)} (UCR)
   osu_leaf         [shapelets]        {'inputs': float32[B, 427, 1], 'mask': bool[B, 427], 'label' (6)} (UCR)
+  synthetic_events                    {'inputs': float32[B, 64, 3], 'mask', 'label' (3)}: the class is one event's
+                                      shape at a known place (builders.synthetic_events.make_split gives it)
   (and patient_visits: gsp; synthetic_scenes: max_points; see their modules). [optional] fields have defaults.
 Forecasting series are standardised with their train split's mean/std (info['mean'], info['std']).
 Evaluation batches (num_epochs=1) also carry 'valid': bool[B] (False on padding rows).

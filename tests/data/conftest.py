@@ -14,6 +14,7 @@ SMALL_CONFIGS = {
     "japanese_vowels": {"name": "japanese_vowels"},
     "arrow_head": {"name": "arrow_head"},
     "osu_leaf": {"name": "osu_leaf"},
+    "synthetic_events": {"name": "synthetic_events"},
     "synthetic_scenes": {"name": "synthetic_scenes", "max_points": 4096},
     "patient_visits": {"name": "patient_visits", "gsp": 0},
 }
