@@ -19,9 +19,9 @@ Rows. `--config=NAME:ARG` names one row:
     repeating their last value (sktime's MiniRocket takes equal lengths only; 1-NN DTW gets the same arrays).
 
 Cache. Every (row, seed) result is kept in --json (default experiments/results/uea_classification.json)
-with each test series' correctness (a '0'/'1' string in TEST-file order). A run recomputes only the rows it names (training from scratch: the run's
-workdir is cleared) and keeps every other row from the JSON; the markdown table (--output) is always made from
-the whole JSON. So rerunning, say, the ShapeFormer rows is `--config=shapeformer_uea:runlocal,dataset=...` alone.
+with each test series' correctness (a '0'/'1' string in TEST-file order). A run recomputes only the rows it
+names (training from scratch: the run's workdir is cleared) and keeps every other row from the JSON; the
+markdown table (--output) is always made from the whole JSON. So rerunning, say, the ShapeFormer rows is `--config=shapeformer_uea:runlocal,dataset=...` alone.
 `--list` prints the cached rows. `--drop=ROW` removes a row from the JSON.
 
 Uncertainty: mean ± sample std over seeds, and a 95% bootstrap interval of the accuracy over test series
