@@ -2,11 +2,30 @@
 
     x [B, T, C] (steps x passbands/channels) -> Conv1D embedding to d_model (ReLU; the authors'
       ConvEmbedding is kernel_size=1, i.e. a per-step projection) -> + sinusoidal positions
-      -> N post-LN transformer blocks (ReLU FFN, LayerNorm eps 1e-6, dropout in each sublayer)
+      -> N post-LN transformer blocks (ReLU FFN, LayerNorm eps 1e-6, dropout on each sublayer's
+         output before its residual add; none inside the FFN)
       -> global average pooling over the VALID steps -> dropout -> Dense(num_classes) -> logits
 
-Follows `tallamjr/astronet` `astronet/t2/model.py` / `transformer.py` (Keras); logits are returned
-(the softmax lives in the loss).
+Follows `tallamjr/astronet` `astronet/t2/model.py` / `transformer.py` / `attention.py` (Keras): the
+block is `att -> dropout1 -> LN(x + .)`, `Dense(ff_dim, relu) -> Dense(d) -> dropout2 -> LN(x + .)`,
+attention without dropout on its probabilities, scaled by 1/sqrt(head_dim), all projections biased.
+
+Differences from astronet (and the paper), each deliberate:
+  - Logits are returned; the softmax lives in the loss.
+  - `mlp_dropout_rate` (default 0.0, astronet's behaviour): dropout on the FFN's hidden activations,
+    which astronet does not have (an earlier version here applied `dropout_rate` there).
+  - One `dropout_rate` drives the blocks' two dropouts and the one after pooling. astronet fixes the
+    blocks' rate at 0.1 (TransformerBlock's `rate`) and tunes only the pooled dropout (`droprate`,
+    0.1 in its UEA runs); with the default 0.1 both agree.
+  - Masks: astronet takes fixed-length series with no mask; here padded steps (batch['mask']) are
+    zeroed, never attended to and left out of the average (see below). Unpadded batches compute what
+    astronet computes.
+  - `conv_kernel_size` (default 1 = astronet's ConvEmbedding) may widen the embedding convolution.
+  - Initialisers: Keras' defaults are glorot_uniform kernels; here fintrans' Dense/Conv1D defaults
+    (lecun_normal kernels, zero biases). The optimiser and schedule are the trainer's (the config's),
+    not astronet's optuna-tuned Adam runs.
+  - The paper's redshift/auxiliary-feature inputs (astronet's `num_aux_feats`, `add_aux_feats_to`)
+    are not implemented; the model takes the series only.
 
 Masks. `batch['mask']` bool[B, T] (optional; all steps valid without it) marks the real steps of a
 zero-padded batch. Padded steps are zeroed before the embedding, masked out as attention keys and
@@ -56,7 +75,8 @@ class T2Config(AttentionConfig):
     mlp_dim: int = 128  # ff_dim
     activation: str = "relu"
     norm_epsilon: float = 1e-6
-    dropout_rate: float = 0.1  # in every block (astronet's TransformerBlock rate=0.1) and after pooling
+    dropout_rate: float = 0.1  # on each block sublayer's output (astronet's rate=0.1) and after pooling
+    mlp_dropout_rate: float = 0.0  # on the FFN's hidden activations; astronet has none there
 
     def validate(self):
         for name in ("max_len", "num_channels", "num_classes", "embed_dim", "conv_kernel_size", "num_layers",
@@ -64,6 +84,7 @@ class T2Config(AttentionConfig):
             check_positive(name, getattr(self, name))
         check_choice("activation", self.activation, ACTIVATIONS)
         check_rate("dropout_rate", self.dropout_rate)
+        check_rate("mlp_dropout_rate", self.mlp_dropout_rate)
         if not isinstance(self.norm_epsilon, (int, float)) or self.norm_epsilon <= 0:
             raise ConfigError(f"norm_epsilon={self.norm_epsilon!r} must be a positive float")
         if self.embed_dim % self.num_heads:
@@ -82,8 +103,8 @@ class T2(nn.Module):
         block = functools.partial(
             TransformerBlock, num_heads=cfg.num_heads, head_dim=cfg.embed_dim // cfg.num_heads, mlp_dim=cfg.mlp_dim,
             norm="layernorm", norm_position="post", norm_epsilon=cfg.norm_epsilon, activation=cfg.activation,
-            use_bias=True, dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, dtype=dtype,
-            param_dtype=pdtype)
+            use_bias=True, dropout_rate=cfg.dropout_rate, mlp_dropout_rate=cfg.mlp_dropout_rate,
+            attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=pdtype)
         self.blocks = Stack(block, cfg.num_layers, nest=False)
         self.pool_dropout = nn.Dropout(cfg.dropout_rate)
         self.head = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dtype, param_dtype=pdtype)

@@ -1,13 +1,15 @@
-"""t2: the class-activation-map identity, padding invariance, and the embedding + sinusoidal positions
-against numpy."""
+"""t2: the class-activation-map identity, padding invariance, the embedding + sinusoidal positions
+against numpy, and astronet's dropout placement (none inside the FFN)."""
 from __future__ import annotations
 
 import functools
 
 import flax.linen as nn
+import jax
 import numpy as np
 
-from model_cases import built, jit
+from fintrans import models
+from model_cases import built, config_of, jit
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,3 +85,41 @@ def test_embedding_and_sinusoidal_positions_match_numpy():
     emb = sum(xp[:, j:j + t] @ w[j] for j in range(k)) + bias
     expected = np.maximum(emb, 0) + pe
     np.testing.assert_allclose(np.asarray(seen["x"]), expected, atol=1e-5)
+
+
+def test_feed_forward_has_no_hidden_dropout_by_default():
+    """astronet's FFN is Dense(relu) -> Dense with no dropout between them (an earlier version applied
+    dropout_rate there): in train mode the FFN's
+    output layer sees exactly relu(wi · x), while dropout still acts on the sublayer outputs (so the
+    train-mode block output differs from the deterministic one). mlp_dropout_rate turns it on."""
+    batch = _batch(9)
+
+    def hidden_in_train_mode(cfg):
+        model = models.get("t2").module(cfg)
+        params = nn.unbox(model.init(jax.random.PRNGKey(0), batch))
+        seen = {}
+
+        def grab(next_fun, args, kwargs, context):
+            path = "/".join(context.module.path)
+            if context.method_name == "__call__" and path.endswith("block_0/mlp"):
+                seen["x"] = args[0]
+            if context.method_name == "__call__" and path.endswith("block_0/mlp/wo"):
+                seen["h"] = args[0]
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(grab):
+            model.apply(params, batch, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+        wi = params["params"]["block_0"]["mlp"]["wi"]
+        x = np.asarray(seen["x"], np.float64)
+        expected = np.maximum(x @ np.asarray(wi["kernel"], np.float64) + np.asarray(wi["bias"], np.float64), 0)
+        return np.asarray(seen["h"], np.float64), expected, model, params
+
+    cfg = config_of("t2")
+    assert cfg.mlp_dropout_rate == 0.0 and cfg.dropout_rate > 0
+    h, expected, model, params = hidden_in_train_mode(cfg)
+    np.testing.assert_allclose(h, expected, atol=1e-5)
+    train = model.apply(params, batch, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    assert not np.allclose(train, model.apply(params, batch), atol=1e-4)  # the sublayer dropouts act
+    h, expected, *_ = hidden_in_train_mode(config_of("t2", mlp_dropout_rate=0.5))
+    dropped = (h == 0) & (expected > 0)
+    assert dropped.mean() > 0.2  # about half the active units dropped

@@ -8,7 +8,7 @@ from fintrans.registry import Registry
 
 DATASETS = Registry("dataset", load=tuple(f"fintrans.data.builders.{m}" for m in (
     "chars", "digits", "sp500", "finai_sentences", "synthetic_scenes", "stocks", "seattle_weather", "uea",
-    "patient_visits")), error=DataConfigError)
+    "patient_visits", "synthetic_events")), error=DataConfigError)
 
 
 def register(spec):
