@@ -1,8 +1,9 @@
 r"""SANSformer (Kumar et al., 2108.13672) on synthetic patient visit histories (`patient_visits`).
 
-Two stages, as the paper: Generative Summary Pretraining (`stage=gsp`: predict each next visit's feature
-vector, forecasting task, MSE) and fine-tuning for future utilisation (`stage=finetune`: the number of
-visits in the next year in three buckets, classification task). `pretrained=GSP_WORKDIR` starts fine-tuning
+Two stages, as the paper: Generative Summary Pretraining (`stage=gsp`: at every visit, the summary statistics
+of the next year: visit count and diagnoses per chapter; count_regression task, Poisson loss) and fine-tuning
+for future utilisation (`stage=finetune`: regress the number of visits in the next year, count_regression
+task; `buckets=1` classifies it into three buckets instead). `pretrained=GSP_WORKDIR` starts fine-tuning
 from the GSP run's latest checkpoint: every parameter but the head (the trainer's warm start, config.init_from).
 
 Launch (CPU, about a minute each):
@@ -20,21 +21,27 @@ from fintrans.data.builders import patient_visits as pv
 from fintrans.models.sansformer import HEAD
 from fintrans.train.config import default_config, model_fields
 
-STAGES = {"finetune": ("classification", "classify", 0), "gsp": ("forecasting", "gsp", 1)}
+STAGES = {"finetune": ("count_regression", "regress", 0), "gsp": ("count_regression", "gsp", 1)}
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, runlocal=False, stage="finetune", pretrained="")
+    arg = parse_arg(arg, runlocal=False, stage="finetune", pretrained="", buckets=False)
     if arg.stage not in STAGES:
         raise ValueError(f"stage={arg.stage!r} is not valid; choose from {sorted(STAGES)}")
     task, mode, gsp = STAGES[arg.stage]
     if arg.pretrained and arg.stage != "finetune":
         raise ValueError("pretrained= starts fine-tuning from a GSP run; it needs stage=finetune")
+    if arg.buckets and arg.stage != "finetune":
+        raise ValueError("buckets= is a fine-tuning target; it needs stage=finetune")
+    if arg.buckets:  # the 3-bucket classification of the count, kept as an option
+        task, mode = "classification", "classify"
     c = default_config()
     c.task = task
     c.data.name = "patient_visits"
     c.data.gsp = gsp
-    sizes = dict(seq_len=pv.HISTORY_LEN, num_features=pv.NUM_FEATURES, num_classes=pv.NUM_CLASSES, mode=mode)
+    c.data.buckets = int(bool(arg.buckets))
+    sizes = dict(seq_len=pv.HISTORY_LEN, num_features=pv.NUM_FEATURES, num_classes=pv.NUM_CLASSES,
+                 num_summaries=pv.NUM_SUMMARIES, mode=mode)
     c.model = model_fields("sansformer", embed_dim=64, hidden_dim=128, num_layers=4, dropout_rate=0.1, **sizes)
     c.batch_size = 64
     c.eval_batch_size = 128

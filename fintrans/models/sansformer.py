@@ -13,14 +13,38 @@ Block (pre-norm, residual), with h = `hidden_dim`:
     x = x + Dropout(W_out · (res ⊙ gate))
 This is gMLP's spatial gating unit made causal, which the paper adapts to EHR sequences.
 
-mode='gsp' (pretraining): a linear head at every visit but the last predicts the next visit's feature
-vector (the 'summary' of the future; targets from `patient_visits` with gsp=1, forecasting task, MSE):
-outputs [B, L-1, num_features]. mode='classify' (fine-tuning): final LN, the last visit's vector -> linear
-head -> logits [B, num_classes] (classification task). The two modes share every parameter but the one
-named HEAD, so fine-tuning starts from a GSP run with the trainer's warm start (config.init_from = the GSP
-run's workdir, config.init_from_keep_fresh = HEAD; experiments/configs/sansformer_visits.py's `pretrained=`).
-Our reading where the summary is ambiguous: the paper's GSP predicts summary statistics of a future
-window; here the window is the next visit (its feature vector).
+mode='gsp' (Generative Summary Pretraining): a linear head at every visit t gives the log Poisson rates of
+the summary statistics of the year after visit t (`patient_visits.window_summaries`: the number of visits in
+(day_t, day_t + 365], then the number of diagnosis codes of each chapter those visits carry), outputs
+[B, L, num_summaries]; count_regression task (Poisson NLL). Causal mixing keeps output t from seeing later
+visits. mode='regress' (fine-tuning, the paper's downstream task): the patient vector (readout='pool', the
+authors': mean + GELU(max) over the visits after the final LN; 'last': the last visit's vector) -> linear head
+-> log rate [B] of the number of visits in the next year; count_regression task. mode='classify' (an option
+kept from before): the same patient vector -> logits [B, num_classes] of the count's three buckets. The modes
+share every parameter but the one named HEAD, so fine-tuning starts from a GSP run with the trainer's warm start
+(config.init_from = the GSP run's workdir, config.init_from_keep_fresh = HEAD;
+experiments/configs/sansformer_visits.py's `pretrained=`).
+
+Sources: the paper (GSP predicts summary statistics of a future window; the downstream task is the count of
+visits in the next year) and the authors' public code (github.com/ykumards/sansformers: the MIMIC-IV
+mortality model only; it has neither GSP nor the count regression). Differences from that code:
+- Block: theirs is x + LN2(y + FFN(y)) with y = LN1(SGU(LN_{T,E}(x))) (LN_{T,E}: a layer norm over visits and
+  channels jointly, no affine), the SGU with its own input LN, a 4x channel expansion (res and gate 2·d each),
+  GELU applied twice (Linear+GELU, then GELU again), and an FFN (d -> 4d -> d, GELU, dropout). Ours is one
+  pre-norm residual SGU (x + Dropout(SGU(LN(x)))), hidden_dim wide, one GELU, no FFN and no post-norms.
+- Token mixing: theirs is a 200 x 200 weight sliced to the sequence (init eps = 1e-3 / 200); ours is
+  seq_len x seq_len with eps = 1e-3 / seq_len.
+- Visit embedding: theirs sums learned code embeddings (codes, procedures, drugs, service, admission type,
+  insurance, marital status) plus sinusoidal encodings of the visit index and of the cumulative time (15-day
+  units), layer-normed, then concatenates demographics; ours is a linear map of the multi-hot codes and the
+  scaled age and log gap (= summed code embeddings plus a projection), no positional or time encoding.
+- Padding: theirs pools over padded visits too; our histories have a fixed length, so there is none.
+- Their optimiser is RAdam (betas 0.9, 0.99) with a one-cycle schedule and gradient-value clipping; ours is
+  the trainer's AdamW with warmup and cosine decay.
+Differences from the paper: the GSP window (one year after each visit), the statistics (visit count and
+diagnoses per chapter) and the Poisson loss are our reading of its description (its full text could not be
+consulted here); the downstream loss is Poisson NLL (the authors' code ships Poisson and zero-inflated Poisson
+losses), metrics MAE and MSE; data are synthetic (patient_visits), not the Finnish registry.
 """
 from __future__ import annotations
 
@@ -36,30 +60,33 @@ from fintrans.layers import Block, Dense, LayerNorm, Stack, param_with_axes
 from fintrans.models import register
 from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
 
-MODES = ("classify", "gsp")
+MODES = ("regress", "gsp", "classify")
+READOUTS = ("pool", "last")
 HEAD = "head"  # the only parameters the GSP and fine-tuning models do not share
 
 
 @dataclasses.dataclass(frozen=True)
 class SANSformerConfig(ModelConfig):
-    DATA_FIELDS = {"num_classes": "num_classes"}  # see ModelConfig
+    DATA_FIELDS = {"num_classes": "num_classes", "num_summaries": "num_summaries"}  # see ModelConfig
     seq_len: int = 16  # visits per history
     num_features: int = 34  # per-visit feature vector (patient_visits.NUM_FEATURES)
-    num_classes: int = 3
+    num_classes: int = 3  # mode='classify'
+    num_summaries: int = 7  # mode='gsp': summary statistics per visit (patient_visits.NUM_SUMMARIES)
     embed_dim: int = 64
     hidden_dim: int = 128  # width of res and gate in each block
     num_layers: int = 2
-    mode: str = "classify"
+    mode: str = "regress"
+    readout: str = "pool"  # regress/classify: 'pool' = mean + GELU(max) over visits (the authors'); 'last' visit
     norm_epsilon: float = 1e-5
     dropout_rate: float = 0.0
 
     def validate(self):
-        for name in ("seq_len", "num_features", "num_classes", "embed_dim", "hidden_dim", "num_layers"):
+        for name in ("seq_len", "num_features", "num_classes", "num_summaries", "embed_dim", "hidden_dim",
+                     "num_layers"):
             check_positive(name, getattr(self, name))
         check_choice("mode", self.mode, MODES)
+        check_choice("readout", self.readout, READOUTS)
         check_rate("dropout_rate", self.dropout_rate)
-        if self.mode == "gsp" and self.seq_len < 2:
-            raise ConfigError(f"seq_len={self.seq_len} must be at least 2 for mode='gsp' (a next visit to predict)")
         if not isinstance(self.norm_epsilon, (int, float)) or self.norm_epsilon <= 0:
             raise ConfigError(f"norm_epsilon={self.norm_epsilon!r} must be a positive float")
 
@@ -100,8 +127,9 @@ class CausalGatingUnit(nn.Module):
 
 
 class SANSformer(nn.Module):
-    """batch {'inputs': float[B, seq_len, num_features]} -> logits float32[B, num_classes] (mode='classify')
-    or next-visit predictions float32[B, seq_len - 1, num_features] (mode='gsp')."""
+    """batch {'inputs': float[B, seq_len, num_features]} -> log-rate float32[B] of the next-year visit count
+    (mode='regress'), log-rates float32[B, seq_len, num_summaries] of each visit's future-window summaries
+    (mode='gsp'), or logits float32[B, num_classes] (mode='classify')."""
     config: SANSformerConfig
 
     @nn.compact
@@ -122,12 +150,18 @@ class SANSformer(nn.Module):
                                   token_mixer_name="gating", dtype=dt, param_dtype=pdt)
         x = Stack(block, cfg.num_layers, name="blocks")(x, deterministic=not train)
         x = LayerNorm(cfg.norm_epsilon, dtype=dt, param_dtype=pdt, name="final_norm")(x)
-        if cfg.mode == "gsp":
-            out = Dense(cfg.num_features, (axes.EMBED,), (axes.CHANNELS,), dtype=dt, param_dtype=pdt,
-                        name=HEAD)(x[:, :-1])
+        if cfg.mode == "gsp":  # log-rates of the summaries of the window after every visit (causal)
+            return Dense(cfg.num_summaries, (axes.EMBED,), (axes.CHANNELS,), dtype=dt, param_dtype=pdt,
+                         name=HEAD)(x).astype(jnp.float32)
+        if cfg.readout == "pool":  # the authors' patient vector: mean + GELU(max) over the visits
+            patient = jnp.mean(x, axis=1) + jax.nn.gelu(jnp.max(x, axis=1), approximate=False)
+        else:
+            patient = x[:, -1]
+        if cfg.mode == "regress":  # the log of the next-year visit count's Poisson rate
+            out = Dense(1, (axes.EMBED,), (None,), dtype=dt, param_dtype=pdt, name=HEAD)(patient)[:, 0]
         else:
             out = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dt, param_dtype=pdt,
-                        name=HEAD)(x[:, -1])
+                        name=HEAD)(patient)
         return out.astype(jnp.float32)
 
 

@@ -35,6 +35,7 @@ TASK_MODULES = (
     "fintrans.tasks.multitask",
     "fintrans.tasks.contrastive",
     "fintrans.tasks.diffusion",
+    "fintrans.tasks.count_regression",
 )
 TASKS: Registry[type] = Registry("task", load=TASK_MODULES, error=ConfigError)
 

@@ -1,5 +1,5 @@
-"""SANSformer: causal token mixing (future visits never change past outputs), its init, GSP outputs
-against the next-visit targets, and the GSP -> fine-tuning parameter transfer."""
+"""SANSformer: causal token mixing (future visits never change past outputs), its init, the Poisson count
+loss on its outputs, and the GSP -> fine-tuning parameter transfer."""
 from __future__ import annotations
 
 import functools
@@ -12,12 +12,11 @@ import pytest
 
 from experiments.configs import sansformer_visits
 from fintrans import tasks
-from fintrans.data.builders.patient_visits import gsp_targets
 from fintrans.models.sansformer import HEAD, CausalTokenMixing, SANSformer, SANSformerConfig
 from fintrans.train import train_and_evaluate
 from model_cases import jit
 
-TINY = dict(seq_len=10, num_features=7, num_classes=3, embed_dim=16, hidden_dim=24, num_layers=2)
+TINY = dict(seq_len=10, num_features=7, num_classes=3, num_summaries=4, embed_dim=16, hidden_dim=24, num_layers=2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,7 +46,7 @@ def test_token_mixing_is_causal_and_starts_near_the_bias():
     assert np.all(np.triu(g, 1) == 0) and np.all(g[np.tril_indices(6)] != 0)
 
 
-@pytest.mark.parametrize("mode", ["gsp", "classify"])
+@pytest.mark.parametrize("mode", ["gsp", "regress"])
 def test_future_visits_do_not_change_past_outputs(mode):
     model, params, apply = _built(mode)
     rng = np.random.default_rng(1)
@@ -56,27 +55,32 @@ def test_future_visits_do_not_change_past_outputs(mode):
     y = x.copy()
     y[:, k:] = rng.normal(size=y[:, k:].shape)
     a, b = apply(params, x), apply(params, y)
-    if mode == "gsp":  # output t predicts visit t+1 from visits <= t
-        assert a.shape == (2, 9, 7)
+    if mode == "gsp":  # output t summarises the window after visit t from visits <= t
+        assert a.shape == (2, 10, 4)
         np.testing.assert_allclose(a[:, :k], b[:, :k], atol=1e-5)
         assert not np.allclose(a[:, k:], b[:, k:], atol=1e-3)
-    else:  # the classifier reads the last visit, which sees the whole history
-        assert a.shape == (2, 3) and not np.allclose(a, b, atol=1e-4)
+    else:  # the regression pools every visit
+        assert a.shape == (2,) and not np.allclose(a, b, atol=1e-4)
         z = x.copy()
         z[:, 0] = rng.normal(size=z[:, 0].shape)
         assert not np.allclose(apply(params, z), a, atol=1e-4)
 
 
-def test_gsp_loss_is_next_visit_mse():
+def test_count_regression_loss_is_the_poisson_nll_of_the_outputs():
     model, params, apply = _built("gsp")
-    x = np.random.default_rng(2).normal(size=(2, 10, 7)).astype(np.float32)
-    batch = {"inputs": x, "targets": gsp_targets(x)}
-    np.testing.assert_array_equal(batch["targets"][:, 3], x[:, 4])
-    task = tasks.build("forecasting")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 10, 7)).astype(np.float32)
+    y = rng.poisson(3.0, size=(2, 10, 4)).astype(np.float32)
+    batch = {"inputs": x, "targets": y}
+    task = tasks.build("count_regression")
     task.check_batch(batch)
-    pred = apply(params, x)
-    loss, metrics = task.loss_from_outputs(pred, batch)
-    np.testing.assert_allclose(loss, np.mean((np.asarray(pred) - x[:, 1:]) ** 2), rtol=1e-5)
+    eta = np.asarray(apply(params, x), np.float64)
+    loss, metrics = task.loss_from_outputs(jnp.asarray(eta), batch)
+    # Poisson NLL without the log(y!) constant: rate - y * log(rate).
+    np.testing.assert_allclose(loss, np.mean(np.exp(eta) - y * eta), rtol=1e-5)
+    np.testing.assert_allclose(metrics["mae"][0] / metrics["mae"][1], np.mean(np.abs(np.exp(eta) - y)), rtol=1e-5)
+    with pytest.raises(ValueError, match="counts and must be >= 0"):
+        task.check_batch({"inputs": x, "targets": -y - 1})
 
 
 def test_finetuning_starts_from_the_gsp_run_but_its_head(tmp_path):
