@@ -5,8 +5,8 @@ The points of a batch are flattened to N = batch * max_points token slots; slot 
 n // max_points, or to none (sample id -1) where the batch's `mask` is False. Each attention layer
 sorts the tokens by window (fintrans.ops.flat_window.window_order: sample, then window in snake
 order, then the voxel inside the window in snake order), cuts every sample's sorted tokens into
-groups of exactly `group_size` (a sample's last group is filled by repeating its own tokens, so no
-masks are needed) and runs full multi-head attention inside each group. A block is four such layers
+groups of exactly `group_size` (a sample's last group is filled with copies of the tokens just before it,
+as the authors do, so no masks are needed; see kernels_pallas/flat_window_attention/grouping.py) and runs full multi-head attention inside each group. A block is four such layers
 whose orderings are x-major, x-major with windows shifted by half a window, y-major and y-major
 shifted, so information crosses group and window borders from block to block.
 
