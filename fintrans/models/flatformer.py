@@ -5,8 +5,9 @@ The points of a batch are flattened to N = batch * max_points token slots; slot 
 n // max_points, or to none (sample id -1) where the batch's `mask` is False. Each attention layer
 sorts the tokens by window (fintrans.ops.flat_window.window_order: sample, then window in snake
 order, then the voxel inside the window in snake order), cuts every sample's sorted tokens into
-groups of exactly `group_size` (a sample's last group is filled with copies of the tokens just before it,
-as the authors do, so no masks are needed; see kernels_pallas/flat_window_attention/grouping.py) and runs full multi-head attention inside each group. A block is four such layers
+groups of exactly `group_size` (a sample's last group is filled with copies of the tokens just
+before it, as the authors do, so no masks are needed; see kernels_pallas/flat_window_attention/
+grouping.py) and runs full multi-head attention inside each group. A block is four such layers
 whose orderings are x-major, x-major with windows shifted by half a window, y-major and y-major
 shifted, so information crosses group and window borders from block to block.
 
@@ -29,6 +30,22 @@ point (num_classes=0 returns the backbone's features).
 Permuting a sample's points permutes the output alike when no two points of the sample share a
 voxel; points on one voxel tie in the sort and keep their slot order, which can move a group border
 between them.
+
+`attention="window"` swaps the grouping for the paper's baseline, SST-style equal-window-SHAPE
+attention (Fan et al., 'Embracing Single Stride 3D Object Detector with Sparse Transformer'):
+each token attends to every token of its own spatial window (regular windows in the x and y
+layers, windows shifted by half a window in the shifted ones), however many that is, as padded
+windows with masks would. It is built from the ordinary attention op with segment ids (the window
+of each token; padding slots in a segment of their own) over each sample's points sorted by window,
+so the blockwise kernel skips the tiles no window spans. Same blocks, same parameters, only the
+partition differs; unlike SST, no window's tokens are dropped (SST caps the tokens per window) and
+the x and y layers of a block see the same windows (only the shift changes the partition).
+
+Differences from the authors' code: the sample smaller than one group (repeats its own tokens
+cyclically where the authors' index reads the previous sample's tokens; see
+kernels_pallas/flat_window_attention/grouping.py); stable sort ties (the authors' torch.sort is
+not stable); points as tokens with a pointwise embedding instead of the authors' voxel encoder;
+a per-point segmentation head instead of the BEV detection head.
 
 Paper defaults (Waymo): window 13x13, group 144, 128 channels, 8 heads of 16, 2 blocks,
 grid 468x468 (0.32 m pillars).
@@ -53,6 +70,7 @@ from fintrans.ops.patterns import AttentionPattern
 
 # (name, sort axis, shifted windows) of the four layers of every block, in the authors' order.
 ORDERINGS = (("x", "x", False), ("x_shift", "x", True), ("y", "y", False), ("y_shift", "y", True))
+ATTENTION_MODES = ("flat", "window")  # the authors' equal-size groups; SST-style whole windows
 MAX_GROUP_SIZE = 1024  # the grouped-attention kernels keep a whole group in fast memory
 
 
@@ -79,12 +97,15 @@ class FlatFormerConfig(AttentionConfig):
     dropout_rate: float = 0.0  # on the attention and FFN outputs before each residual
     pos_temperature: float = 10_000.0
     normalize_pos: bool = False  # True: coordinates scaled to [0, 2 pi) before the sinusoids
+    # "flat": FlatFormer's equal-size groups (the authors'); "window": the paper's SST-style baseline,
+    # attention within each whole window (module docstring)
+    attention: str = "flat"
     # attention_impl (from AttentionConfig): None or an implementation of the grouped_attention op
     # (reference, xla, pallas_gpu, pallas_tpu; or xla_dense / xla_blockwise, the general attention
     # op with the groups as its batch, e.g. to compare against it).
 
     def attention_ops(self) -> tuple[str, ...]:
-        return ("grouped_attention",)
+        return ("attention",) if self.attention == "window" else ("grouped_attention",)
 
     def validate(self):
         for name in ("in_features", "group_size", "embed_dim", "num_heads", "num_blocks", "mlp_dim"):
@@ -93,6 +114,7 @@ class FlatFormerConfig(AttentionConfig):
         _check_pair("grid_shape", self.grid_shape)
         _check_pair("window_shape", self.window_shape)
         check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("attention", self.attention, ATTENTION_MODES)
         check_rate("dropout_rate", self.dropout_rate)
         if self.group_size > MAX_GROUP_SIZE:
             raise ConfigError(f"group_size={self.group_size} exceeds {MAX_GROUP_SIZE}, the largest group the "
@@ -153,6 +175,30 @@ def group_plans(config: FlatFormerConfig, coords: jax.Array, sample_ids: jax.Arr
     return plans
 
 
+def window_partitions(config: FlatFormerConfig, coords: jax.Array, sample_ids: jax.Array, batch: int) -> dict:
+    """{ordering name: (order int32 [batch, points], segment ids int32 [batch, points])} for the
+    window baseline: each row's points sorted by window (padding last), and each sorted point's
+    window id in its sample (-1 for padding), so attention with these segment ids is attention
+    within whole windows."""
+    (nx, ny), (wx, wy) = config.grid_shape, config.window_shape
+    per_row = {"x": -(-nx // wx) + 1, "y": -(-ny // wy) + 1}
+    out = {}
+    for name, axis, shift in ORDERINGS:
+        _, row, across, _ = flat_window.window_sort_keys(coords, sample_ids, grid_shape=config.grid_shape,
+                                                         window_shape=config.window_shape, axis=axis, shift=shift)
+        window = jnp.where(sample_ids >= 0, row * per_row[axis] + across, -1).reshape(batch, -1)
+        key = jnp.where(window >= 0, window, jnp.iinfo(jnp.int32).max)
+        iota = jnp.broadcast_to(jnp.arange(window.shape[1], dtype=jnp.int32), window.shape)
+        _, order = jax.lax.sort((key, iota), dimension=1, num_keys=1, is_stable=True)
+        out[name] = (order, jnp.take_along_axis(window, order, axis=1))
+    return out
+
+
+def _rows(x: jax.Array, index: jax.Array) -> jax.Array:
+    """x [B, N, ...] gathered along N by index [B, N]."""
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
 def flatformer_layer(cfg: FlatFormerConfig, name: str | None = None) -> nn.Module:
     """One post-LN layer: x = LN(x + Attn(x)) with grouped attention in one window ordering (the
     attention output's dropout is MultiHeadAttention's own), then x = LN(x + dropout(FFN(x))).
@@ -160,7 +206,8 @@ def flatformer_layer(cfg: FlatFormerConfig, name: str | None = None) -> nn.Modul
     return TransformerBlock(
         num_heads=cfg.num_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim, norm="layernorm", norm_position="post",
         norm_epsilon=cfg.norm_epsilon, activation=cfg.activation, use_bias=True, dropout_rate=cfg.dropout_rate,
-        mlp_dropout_rate=0.0, attention_impl=cfg.attention_impl, pattern=AttentionPattern("grouped"),
+        mlp_dropout_rate=0.0, attention_impl=cfg.attention_impl,
+        pattern=AttentionPattern("full" if cfg.attention == "window" else "grouped"),
         dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, name=name)
 
 
@@ -179,7 +226,10 @@ class FlatFormer(nn.Module):
         mask = batch["mask"].astype(bool)
         b, n = mask.shape
         coords, sample_ids = flatten_points({**batch, "mask": mask})
-        plans = group_plans(cfg, coords, sample_ids, b)
+        if cfg.attention == "window":
+            plans = window_partitions(cfg, coords, sample_ids, b)
+        else:
+            plans = group_plans(cfg, coords, sample_ids, b)
         pe = position_encoding(coords, cfg.embed_dim, temperature=cfg.pos_temperature,
                                grid_shape=cfg.grid_shape if cfg.normalize_pos else None)
         pe = pe.reshape(b, n, cfg.embed_dim).astype(dtype)
@@ -194,8 +244,17 @@ class FlatFormer(nn.Module):
         x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
         for i in range(cfg.num_blocks):
             for name, _, _ in ORDERINGS:
-                x = flatformer_layer(cfg, name=f"block_{i}_{name}")(x, qk_offset=pe, groups=plans[name],
-                                                                    deterministic=deterministic)
+                layer = flatformer_layer(cfg, name=f"block_{i}_{name}")
+                if cfg.attention == "window":
+                    # The whole layer on the points sorted by window (all but attention is pointwise),
+                    # then back to their slots.
+                    order, segments = plans[name]
+                    inverse = jnp.argsort(order, axis=1).astype(jnp.int32)
+                    y = layer(_rows(x, order), qk_offset=_rows(pe, order), segment_ids=(segments, segments),
+                              deterministic=deterministic)
+                    x = _rows(y, inverse)
+                else:
+                    x = layer(x, qk_offset=pe, groups=plans[name], deterministic=deterministic)
         if cfg.num_classes:
             x = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dtype, param_dtype=pdtype,
                       name="head")(x)

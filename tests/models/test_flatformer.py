@@ -5,6 +5,7 @@ forward pass here reuses the case's one compiled function (same batch shape)."""
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -168,5 +169,45 @@ def test_defaults_follow_the_paper_and_bad_fields_are_named():
         config_of(NAME, group_size=2048)
     with pytest.raises(ConfigError, match="attention_impl"):
         config_of(NAME, attention_impl="cudnn")
+    with pytest.raises(ConfigError, match="attention"):
+        config_of(NAME, attention="sst")
     for impl in ("xla", "reference", "xla_dense"):
         assert config_of(NAME, attention_impl=impl).attention_impl == impl
+
+
+def test_window_partitions_are_the_spatial_windows_sorted_with_padding_last():
+    cfg = config_of(NAME, attention="window")
+    batch = _point_clouds(np.random.default_rng(8), counts=(40, 0, 23))
+    coords, sample_ids = flatformer.flatten_points(batch)
+    parts = jit(lambda c, s: flatformer.window_partitions(cfg, c, s, 3))(coords, sample_ids)
+    (wx, wy), mask = cfg.window_shape, batch["mask"]
+    for name, _, shift in flatformer.ORDERINGS:
+        order, seg = (np.asarray(a) for a in parts[name])
+        xy = np.take_along_axis(batch["coords"], order[..., None], axis=1) + (np.array([wx // 2, wy // 2]) if shift else 0)
+        real = np.take_along_axis(mask, order, axis=1)
+        for r in range(3):
+            assert np.all(real[r][:mask[r].sum()]) and np.all(seg[r][~real[r]] == -1)
+            ids = seg[r][real[r]]
+            assert np.all(np.diff(ids) >= 0)                 # sorted: each window contiguous
+            cell = xy[r][real[r]] // np.array([wx, wy])
+            same_window = (cell[:, None] == cell[None]).all(-1)
+            np.testing.assert_array_equal(ids[:, None] == ids[None], same_window)
+
+
+def test_window_attention_equals_flat_groups_where_the_partitions_coincide():
+    """Same parameters; with one window covering each sample (shifted too) and samples of exactly one
+    group, both modes are full attention within each sample, so they give the same outputs."""
+    flat_cfg = config_of(NAME, window_shape=(32, 32), dropout_rate=0.0)
+    window_cfg = config_of(NAME, window_shape=(32, 32), dropout_rate=0.0, attention="window")
+    assert window_cfg.attention_ops() == ("attention",) and flat_cfg.attention_ops() == ("grouped_attention",)
+    batch = _point_clouds(np.random.default_rng(9), counts=(16, 0, 16))
+    flat, window = flatformer.FlatFormer(flat_cfg), flatformer.FlatFormer(window_cfg)
+    params = built(NAME).params
+    shapes = lambda tree: jax.tree.map(jnp.shape, nn.meta.unbox(tree))
+    assert shapes(jax.eval_shape(window.init, jax.random.PRNGKey(0), batch)) == shapes(params)
+    out_flat = np.asarray(jit(flat.apply)(params, batch))
+    out_window = np.asarray(jit(window.apply)(params, batch))
+    np.testing.assert_allclose(out_window, out_flat, atol=2e-5, rtol=2e-5)
+    # With the small windows of the case they differ: the partition matters.
+    small = flatformer.FlatFormer(config_of(NAME, attention="window", dropout_rate=0.0))
+    assert not np.allclose(np.asarray(jit(small.apply)(params, batch)), out_flat, atol=1e-3)
