@@ -33,13 +33,14 @@ between them.
 
 `attention="window"` swaps the grouping for the paper's baseline, SST-style equal-window-SHAPE
 attention (Fan et al., 'Embracing Single Stride 3D Object Detector with Sparse Transformer'):
-each token attends to every token of its own spatial window (regular windows in the x and y
-layers, windows shifted by half a window in the shifted ones), however many that is, as padded
-windows with masks would. It is built from the ordinary attention op with segment ids (the window
-of each token; padding slots in a segment of their own) over each sample's points sorted by window,
-so the blockwise kernel skips the tiles no window spans. Same blocks, same parameters, only the
-partition differs; unlike SST, no window's tokens are dropped (SST caps the tokens per window) and
-the x and y layers of a block see the same windows (only the shift changes the partition).
+every window of a sample (the authors' (ceil(n / w) + 1)^2 windows; regular windows in the x and
+y layers, shifted by half a window in the shifted ones) gets `window_capacity` slots, the points
+of a window fill its slots (in slot order) and the layer runs on [batch * windows, capacity]
+with the empty slots masked out of attention (segment ids through the ordinary attention op), as
+SST's padded windows with masks. Same blocks, same parameters, only the partition differs. As in
+SST, a window's points past the capacity are dropped (here they skip the layer and keep their
+input; SST drops them for good); unlike SST's drop levels, every window has the one capacity. The
+x and y layers of a block see the same windows (only the shift changes the partition).
 
 Differences from the authors' code: the sample smaller than one group (repeats its own tokens
 cyclically where the authors' index reads the previous sample's tokens; see
@@ -100,6 +101,9 @@ class FlatFormerConfig(AttentionConfig):
     # "flat": FlatFormer's equal-size groups (the authors'); "window": the paper's SST-style baseline,
     # attention within each whole window (module docstring)
     attention: str = "flat"
+    # "window" only: slots per padded window (SST's cap on tokens per window; points of a window past
+    # it skip the layer); 0 means window_shape[0] * window_shape[1], one per voxel
+    window_capacity: int = 0
     # attention_impl (from AttentionConfig): None or an implementation of the grouped_attention op
     # (reference, xla, pallas_gpu, pallas_tpu; or xla_dense / xla_blockwise, the general attention
     # op with the groups as its batch, e.g. to compare against it).
@@ -115,6 +119,7 @@ class FlatFormerConfig(AttentionConfig):
         _check_pair("window_shape", self.window_shape)
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("attention", self.attention, ATTENTION_MODES)
+        check_positive("window_capacity", self.window_capacity, allow_zero=True)
         check_rate("dropout_rate", self.dropout_rate)
         if self.group_size > MAX_GROUP_SIZE:
             raise ConfigError(f"group_size={self.group_size} exceeds {MAX_GROUP_SIZE}, the largest group the "
@@ -175,22 +180,60 @@ def group_plans(config: FlatFormerConfig, coords: jax.Array, sample_ids: jax.Arr
     return plans
 
 
-def window_partitions(config: FlatFormerConfig, coords: jax.Array, sample_ids: jax.Array, batch: int) -> dict:
-    """{ordering name: (order int32 [batch, points], segment ids int32 [batch, points])} for the
-    window baseline: each row's points sorted by window (padding last), and each sorted point's
-    window id in its sample (-1 for padding), so attention with these segment ids is attention
-    within whole windows."""
+@dataclasses.dataclass(frozen=True)
+class WindowLayout:
+    """SST-style padded windows of one ordering: every possible window of a sample gets
+    `capacity` slots. A pytree of arrays (sizes static).
+
+    gather: int32 [batch, windows * capacity], the row slot each padded slot reads (0 where empty).
+    slot_valid: bool [batch, windows * capacity], the padded slot holds a real point.
+    back: int32 [batch, points], each point's padded slot (0 where not kept; never read).
+    kept: bool [batch, points], the point is real and within its window's capacity.
+    """
+    gather: jax.Array
+    slot_valid: jax.Array
+    back: jax.Array
+    kept: jax.Array
+
+
+jax.tree_util.register_dataclass(WindowLayout, data_fields=["gather", "slot_valid", "back", "kept"],
+                                 meta_fields=[])
+
+
+def num_windows(config: FlatFormerConfig) -> int:
+    """Windows per sample in the padded-window layout: the authors' (ceil(n / w) + 1) per axis."""
+    (nx, ny), (wx, wy) = config.grid_shape, config.window_shape
+    return (-(-nx // wx) + 1) * (-(-ny // wy) + 1)
+
+
+def window_capacity(config: FlatFormerConfig) -> int:
+    return config.window_capacity or config.window_shape[0] * config.window_shape[1]
+
+
+def window_layouts(config: FlatFormerConfig, coords: jax.Array, sample_ids: jax.Array, batch: int) -> dict:
+    """{ordering name: WindowLayout} for the window baseline: a point of window w at rank r (in row
+    slot order) sits at padded slot w * capacity + r; points at ranks >= capacity are dropped."""
     (nx, ny), (wx, wy) = config.grid_shape, config.window_shape
     per_row = {"x": -(-nx // wx) + 1, "y": -(-ny // wy) + 1}
+    w, m = num_windows(config), window_capacity(config)
     out = {}
     for name, axis, shift in ORDERINGS:
         _, row, across, _ = flat_window.window_sort_keys(coords, sample_ids, grid_shape=config.grid_shape,
                                                          window_shape=config.window_shape, axis=axis, shift=shift)
-        window = jnp.where(sample_ids >= 0, row * per_row[axis] + across, -1).reshape(batch, -1)
-        key = jnp.where(window >= 0, window, jnp.iinfo(jnp.int32).max)
-        iota = jnp.broadcast_to(jnp.arange(window.shape[1], dtype=jnp.int32), window.shape)
-        _, order = jax.lax.sort((key, iota), dimension=1, num_keys=1, is_stable=True)
-        out[name] = (order, jnp.take_along_axis(window, order, axis=1))
+        window = jnp.where(sample_ids >= 0, row * per_row[axis] + across, w).reshape(batch, -1)  # w: padding
+        n = window.shape[1]
+        iota = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), window.shape)
+        sorted_window, order = jax.lax.sort((window, iota), dimension=1, num_keys=1, is_stable=True)
+        first = jax.vmap(lambda a: jnp.searchsorted(a, a, side="left"))(sorted_window).astype(jnp.int32)
+        rank = iota - first
+        keep_sorted = (sorted_window < w) & (rank < m)
+        slot = jnp.where(keep_sorted, sorted_window * m + rank, w * m)  # w * m: out of range, dropped
+        rows = jnp.arange(batch)[:, None]
+        gather = jnp.zeros((batch, w * m), jnp.int32).at[rows, slot].set(order, mode="drop")
+        slot_valid = jnp.zeros((batch, w * m), bool).at[rows, slot].set(True, mode="drop")
+        back = jnp.zeros((batch, n), jnp.int32).at[rows, order].set(jnp.where(keep_sorted, slot, 0))
+        kept = jnp.zeros((batch, n), bool).at[rows, order].set(keep_sorted)
+        out[name] = WindowLayout(gather, slot_valid, back, kept)
     return out
 
 
@@ -227,7 +270,7 @@ class FlatFormer(nn.Module):
         b, n = mask.shape
         coords, sample_ids = flatten_points({**batch, "mask": mask})
         if cfg.attention == "window":
-            plans = window_partitions(cfg, coords, sample_ids, b)
+            plans = window_layouts(cfg, coords, sample_ids, b)
         else:
             plans = group_plans(cfg, coords, sample_ids, b)
         pe = position_encoding(coords, cfg.embed_dim, temperature=cfg.pos_temperature,
@@ -246,19 +289,25 @@ class FlatFormer(nn.Module):
             for name, _, _ in ORDERINGS:
                 layer = flatformer_layer(cfg, name=f"block_{i}_{name}")
                 if cfg.attention == "window":
-                    # The whole layer on the points sorted by window (all but attention is pointwise),
-                    # then back to their slots.
-                    order, segments = plans[name]
-                    inverse = jnp.argsort(order, axis=1).astype(jnp.int32)
-                    y = layer(_rows(x, order), qk_offset=_rows(pe, order), segment_ids=(segments, segments),
-                              deterministic=deterministic)
-                    x = _rows(y, inverse)
+                    x = self._padded_windows(layer, x, pe, plans[name], deterministic)
                 else:
                     x = layer(x, qk_offset=pe, groups=plans[name], deterministic=deterministic)
         if cfg.num_classes:
             x = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dtype, param_dtype=pdtype,
                       name="head")(x)
         return jnp.where(mask[..., None], x, 0).astype(jnp.float32)
+
+    def _padded_windows(self, layer, x, pe, layout: WindowLayout, deterministic):
+        """The whole layer on [batch * windows, capacity] padded windows (all but attention is
+        pointwise), empty slots masked out of attention as keys by segment ids (-1); points are read
+        back from their slots, and a dropped point keeps its input."""
+        b, c = x.shape[0], x.shape[-1]
+        w, m = num_windows(self.config), window_capacity(self.config)
+        windows = lambda t: _rows(t, layout.gather).reshape(b * w, m, t.shape[-1])
+        seg = jnp.where(layout.slot_valid, 0, -1).reshape(b * w, m)
+        y = layer(windows(x), qk_offset=windows(pe), segment_ids=(seg, seg), deterministic=deterministic)
+        y = _rows(y.reshape(b, w * m, c), layout.back)
+        return jnp.where(layout.kept[..., None], y, x)
 
     def _check(self, batch) -> None:
         cfg = self.config

@@ -175,30 +175,42 @@ def test_defaults_follow_the_paper_and_bad_fields_are_named():
         assert config_of(NAME, attention_impl=impl).attention_impl == impl
 
 
-def test_window_partitions_are_the_spatial_windows_sorted_with_padding_last():
-    cfg = config_of(NAME, attention="window")
+def test_window_layouts_put_each_window_in_its_own_padded_row_and_drop_past_capacity():
+    cfg = config_of(NAME, attention="window", window_capacity=3)
     batch = _point_clouds(np.random.default_rng(8), counts=(40, 0, 23))
     coords, sample_ids = flatformer.flatten_points(batch)
-    parts = jit(lambda c, s: flatformer.window_partitions(cfg, c, s, 3))(coords, sample_ids)
-    (wx, wy), mask = cfg.window_shape, batch["mask"]
+    layouts = jit(lambda c, s: flatformer.window_layouts(cfg, c, s, 3))(coords, sample_ids)
+    (wx, wy), mask, m = cfg.window_shape, batch["mask"], 3
+    w = flatformer.num_windows(cfg)
+    assert w == (16 // 4 + 1) ** 2
     for name, _, shift in flatformer.ORDERINGS:
-        order, seg = (np.asarray(a) for a in parts[name])
-        xy = np.take_along_axis(batch["coords"], order[..., None], axis=1) + (np.array([wx // 2, wy // 2]) if shift else 0)
-        real = np.take_along_axis(mask, order, axis=1)
+        lay = jax.tree.map(np.asarray, layouts[name])
+        cell = (batch["coords"] + (np.array([wx // 2, wy // 2]) if shift else 0)) // np.array([wx, wy])
         for r in range(3):
-            assert np.all(real[r][:mask[r].sum()]) and np.all(seg[r][~real[r]] == -1)
-            ids = seg[r][real[r]]
-            assert np.all(np.diff(ids) >= 0)                 # sorted: each window contiguous
-            cell = xy[r][real[r]] // np.array([wx, wy])
-            same_window = (cell[:, None] == cell[None]).all(-1)
-            np.testing.assert_array_equal(ids[:, None] == ids[None], same_window)
+            real = np.flatnonzero(mask[r])
+            # Points of one window, in slot order: the first `m` kept, in that window's padded row.
+            want_kept = np.zeros(40, bool)
+            rows = {}
+            for i in real:
+                members = [j for j in real if (cell[r, j] == cell[r, i]).all()]
+                want_kept[i] = members.index(i) < m
+                rows.setdefault(tuple(cell[r, i]), set()).add(lay.back[r, i] // m if want_kept[i] else None)
+            np.testing.assert_array_equal(lay.kept[r], want_kept)
+            for ids in rows.values():   # one padded row per window, distinct windows distinct rows
+                ids.discard(None)
+                assert len(ids) == 1
+            assert len({next(iter(v)) for v in rows.values()}) == len(rows)
+            np.testing.assert_array_equal(lay.gather[r, lay.back[r, want_kept]], np.flatnonzero(want_kept))
+            assert lay.slot_valid[r].sum() == want_kept.sum()
+        assert lay.gather.shape == (3, w * m)
+    assert not np.asarray(layouts["x"].kept)[0, :40].all()   # capacity 3 drops points here
 
 
 def test_window_attention_equals_flat_groups_where_the_partitions_coincide():
     """Same parameters; with one window covering each sample (shifted too) and samples of exactly one
     group, both modes are full attention within each sample, so they give the same outputs."""
     flat_cfg = config_of(NAME, window_shape=(32, 32), dropout_rate=0.0)
-    window_cfg = config_of(NAME, window_shape=(32, 32), dropout_rate=0.0, attention="window")
+    window_cfg = config_of(NAME, window_shape=(32, 32), dropout_rate=0.0, attention="window", window_capacity=16)
     assert window_cfg.attention_ops() == ("attention",) and flat_cfg.attention_ops() == ("grouped_attention",)
     batch = _point_clouds(np.random.default_rng(9), counts=(16, 0, 16))
     flat, window = flatformer.FlatFormer(flat_cfg), flatformer.FlatFormer(window_cfg)
