@@ -37,7 +37,9 @@ every window of a sample (the authors' (ceil(n / w) + 1)^2 windows; regular wind
 y layers, shifted by half a window in the shifted ones) gets `window_capacity` slots, the points
 of a window fill its slots (in slot order) and the layer runs on [batch * windows, capacity]
 with the empty slots masked out of attention (segment ids through the ordinary attention op), as
-SST's padded windows with masks. Same blocks, same parameters, only the partition differs. As in
+SST's padded windows with masks; `window_capacity=0` (the default) puts no cap on a window and
+computes the same function as attention over each sample's points with the window as segment id
+(no padding; its cost is the attention op's over whole samples). Same blocks, same parameters, only the partition differs. As in
 SST, a window's points past the capacity are dropped (here they skip the layer and keep their
 input; SST drops them for good); unlike SST's drop levels, every window has the one capacity. The
 x and y layers of a block see the same windows (only the shift changes the partition).
@@ -102,7 +104,8 @@ class FlatFormerConfig(AttentionConfig):
     # attention within each whole window (module docstring)
     attention: str = "flat"
     # "window" only: slots per padded window (SST's cap on tokens per window; points of a window past
-    # it skip the layer); 0 means window_shape[0] * window_shape[1], one per voxel
+    # it skip the layer); 0: no cap, every window whole (computed over each sample's points with the
+    # window as segment id, which is the same function as padded windows large enough for all)
     window_capacity: int = 0
     # attention_impl (from AttentionConfig): None or an implementation of the grouped_attention op
     # (reference, xla, pallas_gpu, pallas_tpu; or xla_dense / xla_blockwise, the general attention
@@ -206,8 +209,18 @@ def num_windows(config: FlatFormerConfig) -> int:
     return (-(-nx // wx) + 1) * (-(-ny // wy) + 1)
 
 
-def window_capacity(config: FlatFormerConfig) -> int:
-    return config.window_capacity or config.window_shape[0] * config.window_shape[1]
+def window_segments(config: FlatFormerConfig, coords: jax.Array, sample_ids: jax.Array, batch: int) -> dict:
+    """{ordering name: int32 [batch, points]}: each point's window in its sample, -1 for padding
+    (the window baseline without a capacity: attention with these segment ids is attention within
+    whole windows)."""
+    (nx, ny), (wx, wy) = config.grid_shape, config.window_shape
+    per_row = {"x": -(-nx // wx) + 1, "y": -(-ny // wy) + 1}
+    out = {}
+    for name, axis, shift in ORDERINGS:
+        _, row, across, _ = flat_window.window_sort_keys(coords, sample_ids, grid_shape=config.grid_shape,
+                                                         window_shape=config.window_shape, axis=axis, shift=shift)
+        out[name] = jnp.where(sample_ids >= 0, row * per_row[axis] + across, -1).reshape(batch, -1)
+    return out
 
 
 def window_layouts(config: FlatFormerConfig, coords: jax.Array, sample_ids: jax.Array, batch: int) -> dict:
@@ -215,7 +228,7 @@ def window_layouts(config: FlatFormerConfig, coords: jax.Array, sample_ids: jax.
     slot order) sits at padded slot w * capacity + r; points at ranks >= capacity are dropped."""
     (nx, ny), (wx, wy) = config.grid_shape, config.window_shape
     per_row = {"x": -(-nx // wx) + 1, "y": -(-ny // wy) + 1}
-    w, m = num_windows(config), window_capacity(config)
+    w, m = num_windows(config), config.window_capacity
     out = {}
     for name, axis, shift in ORDERINGS:
         _, row, across, _ = flat_window.window_sort_keys(coords, sample_ids, grid_shape=config.grid_shape,
@@ -270,7 +283,7 @@ class FlatFormer(nn.Module):
         b, n = mask.shape
         coords, sample_ids = flatten_points({**batch, "mask": mask})
         if cfg.attention == "window":
-            plans = window_layouts(cfg, coords, sample_ids, b)
+            plans = (window_layouts if cfg.window_capacity else window_segments)(cfg, coords, sample_ids, b)
         else:
             plans = group_plans(cfg, coords, sample_ids, b)
         pe = position_encoding(coords, cfg.embed_dim, temperature=cfg.pos_temperature,
@@ -288,8 +301,10 @@ class FlatFormer(nn.Module):
         for i in range(cfg.num_blocks):
             for name, _, _ in ORDERINGS:
                 layer = flatformer_layer(cfg, name=f"block_{i}_{name}")
-                if cfg.attention == "window":
+                if cfg.attention == "window" and cfg.window_capacity:
                     x = self._padded_windows(layer, x, pe, plans[name], deterministic)
+                elif cfg.attention == "window":
+                    x = layer(x, qk_offset=pe, segment_ids=(plans[name], plans[name]), deterministic=deterministic)
                 else:
                     x = layer(x, qk_offset=pe, groups=plans[name], deterministic=deterministic)
         if cfg.num_classes:
@@ -302,7 +317,7 @@ class FlatFormer(nn.Module):
         pointwise), empty slots masked out of attention as keys by segment ids (-1); points are read
         back from their slots, and a dropped point keeps its input."""
         b, c = x.shape[0], x.shape[-1]
-        w, m = num_windows(self.config), window_capacity(self.config)
+        w, m = num_windows(self.config), self.config.window_capacity
         windows = lambda t: _rows(t, layout.gather).reshape(b * w, m, t.shape[-1])
         seg = jnp.where(layout.slot_valid, 0, -1).reshape(b * w, m)
         y = layer(windows(x), qk_offset=windows(pe), segment_ids=(seg, seg), deterministic=deterministic)

@@ -220,6 +220,10 @@ def test_window_attention_equals_flat_groups_where_the_partitions_coincide():
     out_flat = np.asarray(jit(flat.apply)(params, batch))
     out_window = np.asarray(jit(window.apply)(params, batch))
     np.testing.assert_allclose(out_window, out_flat, atol=2e-5, rtol=2e-5)
-    # With the small windows of the case they differ: the partition matters.
-    small = flatformer.FlatFormer(config_of(NAME, attention="window", dropout_rate=0.0))
-    assert not np.allclose(np.asarray(jit(small.apply)(params, batch)), out_flat, atol=1e-3)
+    # Small windows: padded windows with room for every point equal the uncapped segment-id form,
+    # and differ from the flat groups (the partition matters).
+    capped = flatformer.FlatFormer(config_of(NAME, attention="window", dropout_rate=0.0, window_capacity=16))
+    uncapped = flatformer.FlatFormer(config_of(NAME, attention="window", dropout_rate=0.0))
+    out_capped = np.asarray(jit(capped.apply)(params, batch))
+    np.testing.assert_allclose(np.asarray(jit(uncapped.apply)(params, batch)), out_capped, atol=2e-5, rtol=2e-5)
+    assert not np.allclose(out_capped, out_flat, atol=1e-3)
