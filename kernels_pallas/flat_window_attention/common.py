@@ -5,7 +5,7 @@ Conventions all implementations follow (so they agree with `reference.py`):
 - q, k, v, out: [num_groups, group_size, heads, head_dim] (the [batch, length, heads, head_dim]
   layout with batch = groups); all three the same shape and dtype;
 - full (non-causal) softmax attention within each group, nothing across groups; no masks: the
-  grouping pads each sample by repeating its own tokens (grouping.py), so every slot is real;
+  grouping pads each sample's last group with copies of its own tokens (grouping.py), so every slot is real;
 - softmax statistics and accumulation in float32 (float64 for float64 inputs in the reference);
   the output takes q's dtype;
 - group_size 1..MAX_GROUP_SIZE and head_dim 1..MAX_HEAD_DIM: a group is small enough to sit whole

@@ -2,23 +2,37 @@
 
 After `window_order` sorts the token slots (samples in ascending id, each sample's tokens
 contiguous, padding slots last), each sample's sorted tokens are cut into groups of `group_size`.
-A sample whose count is not a multiple of group_size is padded by REPEATING ITS OWN TOKENS
-cyclically: its padded position r holds its sorted token r % count. So every group holds tokens
-of one sample only, every slot of a group is a real token, and attention needs no mask. A sample
-with one token gives one group of copies of that token; an empty sample gives no groups. Samples
-are laid out one after another; the static number of groups is the upper bound
+A sample whose count is not a multiple of group_size is padded up to whole groups. With c the
+sample's count, gs the group size and p = ceil(c / gs) * gs its padded length, its padded position
+r (0 <= r < p) holds its sorted token
+    r             for r < c        (the tokens themselves),
+    r - gs        for r >= c, when c > gs   (the authors' padding),
+    r % c         for r >= c, when c < gs   (one group of the sample's own tokens, cyclically).
+So every group holds tokens of one sample only, every slot of a group is a real token, and
+attention needs no mask. A sample with one token gives one group of copies of that token; an empty
+sample gives no groups. Samples are laid out one after another; the static number of groups is the
+upper bound
     num_groups = ceil(N / group_size) + num_samples,
 and the unused trailing groups repeat slot order[0] (any valid token; nobody reads their output).
 
-The authors' FlattenedWindowMapping (mit-han-lab/flatformer) fills a sample's last group by
-copying the tail of the group before it (flat2win[end - gs + r : end] = flat2win[end - 2gs + r :
-end - gs]). That reads tokens of the previous sample, or before the start of the array, when a
-sample has fewer than group_size tokens; repeating the sample's own tokens works for any count.
+The authors' FlattenedWindowMapping (mit-han-lab/flatformer, mmdet3d/models/middle_encoders/
+flatformer.py) builds one `flat2win` index in sorted-rank space, shared by all four orderings (x,
+x_shift, y, y_shift), and fills a sample's last group by copying the positions one group earlier:
+    flat2win[end - gs + c % gs : end] = flat2win[end - 2 gs + c % gs : end - gs]
+(end: the sample's padded end), so padded position r reads sorted token r - gs: the last group is
+completed, in sorted order, by the gs - c % gs tokens just before it, i.e. the window-neighbours
+of the last group's real tokens. That is the rule above for c > gs, in every ordering and shift
+(the plan is made per ordering from that ordering's sort). Difference from the authors: where a
+sample has fewer tokens than one group (c < gs), r - gs is negative and their code reads the end of
+the previous sample's run (attention across samples), or, for the first sample, an empty slice (a
+shape error). Here such a sample repeats its own tokens cyclically instead.
 
 `group_tokens` gathers any per-token array [N, ...] into [num_groups, group_size, ...];
-`ungroup_tokens` reads each real token back from its first copy into its original slot (padding
-slots get zeros). Both are plain gathers, so gradients flow: a copy's gradient adds into its
-token in `group_tokens`, and `ungroup_tokens` passes gradients to first copies only.
+`ungroup_tokens` reads each real token back from its own position (the first copy, as the authors'
+`win2flat`) into its original slot (padding slots get zeros), so the outputs of padding copies are
+dropped and no token is written twice. Both are plain gathers, so gradients flow: a copy's
+gradient adds into its token in `group_tokens`, and `ungroup_tokens` passes gradients to first
+copies only.
 """
 from __future__ import annotations
 
@@ -110,7 +124,11 @@ def make_group_plan(order, sample_ids, *, num_samples: int, group_size: int) -> 
     used = s < num_samples
     s_c = jnp.minimum(s, num_samples - 1)
     r = j - pstart[s_c]
-    pos = start[s_c] + r % jnp.maximum(counts[s_c], 1)
+    c = counts[s_c]
+    # Padding (r >= c): the authors' r - group_size where the sample exceeds one group, else the
+    # sample's own tokens cyclically (see the module docstring).
+    pad_rank = jnp.where(c > group_size, r - group_size, r % jnp.maximum(c, 1))
+    pos = start[s_c] + jnp.where(r < c, r, pad_rank)
     gather_index = jnp.where(used, order[jnp.clip(pos, 0, n - 1)], order[0])
 
     # Token slot -> its rank in the sorted order -> its first grouped position.

@@ -23,6 +23,27 @@ def plan_for(coords, sid, num_samples, group_size, axis="x", shift=False):
     return order, make_group_plan(order, sid, num_samples=num_samples, group_size=group_size)
 
 
+def authors_flat2win(counts, gs):
+    """numpy transcription of FlattenedWindowMapping.forward's flat2win/win2flat loop
+    (mit-han-lab/flatformer, mmdet3d/models/middle_encoders/flatformer.py) for per-sample token
+    counts (each > 0, as torch.unique sees them): flat2win[j] is the sorted rank (over the whole
+    batch) that padded position j reads; win2flat[t] the padded position of sorted token t.
+    Slicing follows torch's (negative starts count from the end), as numpy's does."""
+    counts = np.asarray(counts, np.int64)
+    starts = np.pad(np.cumsum(counts), (1, 0))
+    padded = (counts + gs - 1) // gs * gs
+    starts_p = np.pad(np.cumsum(padded), (1, 0))
+    flat2win = np.arange(starts_p[-1])
+    win2flat = np.arange(starts[-1])
+    for i in range(len(counts)):
+        win2flat[starts[i]:starts[i + 1]] += starts_p[i] - starts[i]
+        if counts[i] != padded[i]:
+            flat2win[starts_p[i + 1] - gs + counts[i] % gs:starts_p[i + 1]] = \
+                flat2win[starts_p[i + 1] - 2 * gs + counts[i] % gs:starts_p[i + 1] - gs]
+        flat2win[starts_p[i]:starts_p[i + 1]] -= starts_p[i] - starts[i]
+    return flat2win, win2flat
+
+
 # counts per sample, padding slots, group size
 CASES = [
     ([0, 1, 16, 33], 5, 16),     # empty, single token, exact multiple, one past
@@ -65,13 +86,16 @@ def test_plan_properties(jit_plan, case):
     for gi in range(real_groups):  # one sample per group, real tokens only
         assert np.all(sid_np[gather[gi]] == group_sample[gi])
     assert np.all(gather[real_groups:] == order_np[0])
-    # Each sample's run is its sorted tokens repeated cyclically.
+    # Each sample's run follows the authors' flat2win (a sample of at least one group: its
+    # padding is the tokens just before its last group), or repeats its own tokens cyclically
+    # (a sample smaller than one group, where the authors' index reads another sample).
     pos = 0
     for smp, c in enumerate(counts):
         run = gather[pos:pos + -(-c // gs)].ravel()
         own = order_np[np.flatnonzero(sid_np[order_np] == smp)]
         assert own.size == c
-        np.testing.assert_array_equal(run, np.resize(own, run.size))
+        want = own[authors_flat2win([c], gs)[0]] if c >= gs else np.resize(own, run.size)
+        np.testing.assert_array_equal(run, want)
         pos += -(-c // gs)
     # Every real token appears at least once; scatter_index points at its first copy.
     valid = sid_np >= 0
@@ -81,6 +105,49 @@ def test_plan_properties(jit_plan, case):
     for slot in np.flatnonzero(valid):
         first = np.flatnonzero(flat == slot)
         assert first.size >= 1 and scatter[slot] == first[0]
+
+
+@pytest.mark.parametrize("axis, shift", [("x", False), ("y", True)])
+def test_padding_is_the_authors_on_a_batch_and_padding_outputs_are_dropped(axis, shift):
+    """A batch of samples larger than a group (one an exact multiple): the grouped tokens are the
+    authors' flat2win over the whole batch and every token comes back from the authors' win2flat
+    position, whatever the padding copies compute."""
+    counts, gs = [40, 23, 16, 33], 16
+    rng = np.random.default_rng(11)
+    coords, sid = batch(rng, counts, 6)
+    order, plan = jax.jit(lambda c, s: plan_for(c, s, len(counts), gs, axis, shift))(coords, sid)
+    flat2win, win2flat = authors_flat2win(counts, gs)
+    gather = np.asarray(plan.gather_index)
+    sorted_slots = np.asarray(order)             # sorted rank -> slot (samples in order, padding last)
+    np.testing.assert_array_equal(gather[:flat2win.size], sorted_slots[flat2win])
+    assert np.all(gather[flat2win.size:] == sorted_slots[0])   # unused trailing groups
+    # Sample 0 (40 tokens): its last group is ranks 32..39 then 24..31, the tokens just before it.
+    np.testing.assert_array_equal(flat2win[32:48], np.r_[32:40, 24:32])
+    real = sorted_slots[:sum(counts)]
+    np.testing.assert_array_equal(np.asarray(plan.scatter_index)[real], win2flat)
+    # Poison every padding copy: no real token reads one back, padding slots stay zero.
+    x = jnp.asarray(rng.standard_normal((sid.shape[0], 2)), jnp.float32)
+    grouped = np.array(group_tokens(x, plan)).reshape(-1, 2)
+    own_position = np.zeros(grouped.shape[0], bool); own_position[win2flat] = True
+    grouped[~own_position] = np.nan
+    back = np.asarray(ungroup_tokens(jnp.asarray(grouped).reshape(plan.num_groups, gs, 2), plan))
+    valid = np.asarray(sid) >= 0
+    np.testing.assert_array_equal(back[valid], np.asarray(x)[valid])
+    assert np.all(back[~valid] == 0)
+
+
+def test_a_sample_smaller_than_a_group_repeats_its_own_tokens_where_the_authors_read_another():
+    """The documented difference: the authors' index for a 5-token sample after a 40-token one
+    pads it with the other sample's tokens; ours repeats its own, in sorted order."""
+    counts, gs = [40, 5], 16
+    flat2win, _ = authors_flat2win(counts, gs)
+    assert np.all(flat2win[48 + 5:64] < 40)       # the authors: sample 0's ranks 29..39
+    rng = np.random.default_rng(12)
+    coords, sid = batch(rng, counts, 0)
+    order, plan = jax.jit(lambda c, s: plan_for(c, s, 2, gs))(coords, sid)
+    gather, order = np.asarray(plan.gather_index), np.asarray(order)
+    np.testing.assert_array_equal(gather[48:64], order[40 + np.arange(16) % 5])
+    np.testing.assert_array_equal(gather[:48], order[flat2win[:48]])
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))

@@ -5,6 +5,7 @@ forward pass here reuses the case's one compiled function (same batch shape)."""
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -168,5 +169,61 @@ def test_defaults_follow_the_paper_and_bad_fields_are_named():
         config_of(NAME, group_size=2048)
     with pytest.raises(ConfigError, match="attention_impl"):
         config_of(NAME, attention_impl="cudnn")
+    with pytest.raises(ConfigError, match="attention"):
+        config_of(NAME, attention="sst")
     for impl in ("xla", "reference", "xla_dense"):
         assert config_of(NAME, attention_impl=impl).attention_impl == impl
+
+
+def test_window_layouts_put_each_window_in_its_own_padded_row_and_drop_past_capacity():
+    cfg = config_of(NAME, attention="window", window_capacity=3)
+    batch = _point_clouds(np.random.default_rng(8), counts=(40, 0, 23))
+    coords, sample_ids = flatformer.flatten_points(batch)
+    layouts = jit(lambda c, s: flatformer.window_layouts(cfg, c, s, 3))(coords, sample_ids)
+    (wx, wy), mask, m = cfg.window_shape, batch["mask"], 3
+    w = flatformer.num_windows(cfg)
+    assert w == (16 // 4 + 1) ** 2
+    for name, _, shift in flatformer.ORDERINGS:
+        lay = jax.tree.map(np.asarray, layouts[name])
+        cell = (batch["coords"] + (np.array([wx // 2, wy // 2]) if shift else 0)) // np.array([wx, wy])
+        for r in range(3):
+            real = np.flatnonzero(mask[r])
+            # Points of one window, in slot order: the first `m` kept, in that window's padded row.
+            want_kept = np.zeros(40, bool)
+            rows = {}
+            for i in real:
+                members = [j for j in real if (cell[r, j] == cell[r, i]).all()]
+                want_kept[i] = members.index(i) < m
+                rows.setdefault(tuple(cell[r, i]), set()).add(lay.back[r, i] // m if want_kept[i] else None)
+            np.testing.assert_array_equal(lay.kept[r], want_kept)
+            for ids in rows.values():   # one padded row per window, distinct windows distinct rows
+                ids.discard(None)
+                assert len(ids) == 1
+            assert len({next(iter(v)) for v in rows.values()}) == len(rows)
+            np.testing.assert_array_equal(lay.gather[r, lay.back[r, want_kept]], np.flatnonzero(want_kept))
+            assert lay.slot_valid[r].sum() == want_kept.sum()
+        assert lay.gather.shape == (3, w * m)
+    assert not np.asarray(layouts["x"].kept)[0, :40].all()   # capacity 3 drops points here
+
+
+def test_window_attention_equals_flat_groups_where_the_partitions_coincide():
+    """Same parameters; with one window covering each sample (shifted too) and samples of exactly one
+    group, both modes are full attention within each sample, so they give the same outputs."""
+    flat_cfg = config_of(NAME, window_shape=(32, 32), dropout_rate=0.0)
+    window_cfg = config_of(NAME, window_shape=(32, 32), dropout_rate=0.0, attention="window", window_capacity=16)
+    assert window_cfg.attention_ops() == ("attention",) and flat_cfg.attention_ops() == ("grouped_attention",)
+    batch = _point_clouds(np.random.default_rng(9), counts=(16, 0, 16))
+    flat, window = flatformer.FlatFormer(flat_cfg), flatformer.FlatFormer(window_cfg)
+    params = built(NAME).params
+    shapes = lambda tree: jax.tree.map(jnp.shape, nn.meta.unbox(tree))
+    assert shapes(jax.eval_shape(window.init, jax.random.PRNGKey(0), batch)) == shapes(params)
+    out_flat = np.asarray(jit(flat.apply)(params, batch))
+    out_window = np.asarray(jit(window.apply)(params, batch))
+    np.testing.assert_allclose(out_window, out_flat, atol=2e-5, rtol=2e-5)
+    # Small windows: padded windows with room for every point equal the uncapped segment-id form,
+    # and differ from the flat groups (the partition matters).
+    capped = flatformer.FlatFormer(config_of(NAME, attention="window", dropout_rate=0.0, window_capacity=16))
+    uncapped = flatformer.FlatFormer(config_of(NAME, attention="window", dropout_rate=0.0))
+    out_capped = np.asarray(jit(capped.apply)(params, batch))
+    np.testing.assert_allclose(np.asarray(jit(uncapped.apply)(params, batch)), out_capped, atol=2e-5, rtol=2e-5)
+    assert not np.allclose(out_capped, out_flat, atol=1e-3)
