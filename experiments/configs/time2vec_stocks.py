@@ -12,7 +12,8 @@ Other horizons, targets, selections, or Kazemi's Time2Vec of the step index:
   python -m experiments.main --config=experiments/configs/time2vec_stocks.py:horizon=96,target=3,min_corr_pct=0 \
       --workdir=/tmp/t2v_msft
 Arguments: runlocal, input_len (default 96; runlocal 48), horizon (24), target (channel index, 0 = AAPL), min_corr_pct (60),
-time2vec_input ('value' | 'time'),
+time2vec_input ('value' | 'time'), position_encoding ('time2vec' | 'sinusoidal' | 'learned': the paper's
+baselines in place of Time2Vec),
 subtract_last (forecast changes from the last day, NLinear's normalisation; not in the paper).
 """
 from experiments.configs.common import parse_arg
@@ -22,7 +23,7 @@ from fintrans.train.config import default_config, model_fields
 
 def get_config(arg=None):
     arg = parse_arg(arg, runlocal=False, input_len=0, horizon=24, target=0, min_corr_pct=60,
-                    time2vec_input="value", subtract_last=False)
+                    time2vec_input="value", position_encoding="time2vec", subtract_last=False)
     arg.input_len = arg.input_len or (48 if arg.runlocal else 96)
     selected = stocks.selection(arg.target, arg.min_corr_pct)  # fitted on the train split, as the dataset does
     c = default_config()
@@ -34,6 +35,7 @@ def get_config(arg=None):
     c.data.min_corr_pct = arg.min_corr_pct
     c.model = model_fields("time2vec_encoder", input_len=arg.input_len, horizon=arg.horizon,
                            num_channels=len(selected.indices), time2vec_input=arg.time2vec_input, time2vec_dim=8,
+                           position_encoding=arg.position_encoding,
                            subtract_last=arg.subtract_last,
                            num_layers=2, num_heads=4, head_dim=16, mlp_dim=128, head="pool", head_hidden=64,
                            dropout_rate=0.1)

@@ -24,6 +24,11 @@ What τ is (`time2vec_input`):
 per channel and adds x[last step] back to its forecast, so it predicts changes from the last price rather
 than price levels that drift outside the training range.
 
+`position_encoding` (default 'time2vec', the paper's): the baselines the paper compares against replace
+Time2Vec with a positional encoding. 'sinusoidal' (Vaswani et al.'s fixed table) or 'learned' (a trained
+[input_len, width] table, normal(0.02) init): x -> Linear to width -> + positions -> the same encoder and head,
+width = embed_dim or C·(1+k), so the encoder is as wide as with Time2Vec. No Time2Vec parameters then.
+
 Heads (`head`): 'pool' (default; the paper's "pooling -> price regression"): mean over steps ->
 dropout -> Dense(head_hidden, relu) -> dropout -> Dense(horizon·C). 'flatten': one linear map from
 the flattened encoder output, as transformer_forecaster's default head.
@@ -38,13 +43,15 @@ import jax
 import jax.numpy as jnp
 
 from fintrans import axes
-from fintrans.layers import NORM_POSITIONS, Dense, Stack, TransformerBlock, param_with_axes
+from fintrans.layers import NORM_POSITIONS, Dense, LearnedPositions, Stack, TransformerBlock, param_with_axes
+from fintrans.layers.embeddings import sinusoidal_positions
 from fintrans.layers.mlp import ACTIVATIONS
 from fintrans.models import register
 from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 
 HEADS = ("pool", "flatten")
 TIME2VEC_INPUTS = ("value", "time")
+POSITION_ENCODINGS = ("time2vec", "sinusoidal", "learned")
 
 
 def time2vec(tau: jax.Array, omega: jax.Array, phi: jax.Array) -> jax.Array:
@@ -62,6 +69,7 @@ class Time2VecEncoderConfig(AttentionConfig):
     num_channels: int = 1
     time2vec_dim: int = 8  # k: one linear + k-1 periodic components per channel
     time2vec_input: str = "value"
+    position_encoding: str = "time2vec"  # 'sinusoidal' | 'learned': the paper's baselines (module docstring)
     embed_dim: int = 0  # 0: the encoder works on the C·(1+k) concatenated features directly
     num_layers: int = 2
     num_heads: int = 4
@@ -81,6 +89,7 @@ class Time2VecEncoderConfig(AttentionConfig):
             check_positive(name, getattr(self, name))
         check_positive("embed_dim", self.embed_dim, allow_zero=True)
         check_choice("time2vec_input", self.time2vec_input, TIME2VEC_INPUTS)
+        check_choice("position_encoding", self.position_encoding, POSITION_ENCODINGS)
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         check_choice("head", self.head, HEADS)
@@ -137,12 +146,21 @@ class Time2VecEncoder(nn.Module):
         last = x[:, -1:] if cfg.subtract_last else None
         if last is not None:
             x = x - last
-        t2v = MultiFeatureTime2Vec(cfg.input_len, cfg.num_channels, cfg.time2vec_dim, cfg.time2vec_input,
-                                   dtype=dtype, param_dtype=pdtype, name="time2vec")(x)
-        h = jnp.concatenate([x, t2v.reshape(x.shape[:2] + (-1,))], axis=-1)  # [B, L, C·(1+k)]
-        if cfg.embed_dim:
-            h = Dense(cfg.embed_dim, (axes.CHANNELS,), (axes.EMBED,), dtype=dtype, param_dtype=pdtype,
-                      name="input_embed")(h)
+        if cfg.position_encoding == "time2vec":
+            t2v = MultiFeatureTime2Vec(cfg.input_len, cfg.num_channels, cfg.time2vec_dim, cfg.time2vec_input,
+                                       dtype=dtype, param_dtype=pdtype, name="time2vec")(x)
+            h = jnp.concatenate([x, t2v.reshape(x.shape[:2] + (-1,))], axis=-1)  # [B, L, C·(1+k)]
+            if cfg.embed_dim:
+                h = Dense(cfg.embed_dim, (axes.CHANNELS,), (axes.EMBED,), dtype=dtype, param_dtype=pdtype,
+                          name="input_embed")(h)
+        else:  # the baselines: a projection to the same width plus a positional encoding
+            width = cfg.embed_dim or cfg.feature_dim
+            h = Dense(width, (axes.CHANNELS,), (axes.EMBED,), dtype=dtype, param_dtype=pdtype, name="input_embed")(x)
+            if cfg.position_encoding == "sinusoidal":
+                pos = jnp.asarray(sinusoidal_positions(cfg.input_len, width), dtype)
+            else:
+                pos = LearnedPositions(cfg.input_len, width, param_dtype=pdtype, name="positions")(cfg.input_len)
+            h = h + pos.astype(dtype)[None]
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         block = functools.partial(
             TransformerBlock, num_heads=cfg.num_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim, norm="layernorm",

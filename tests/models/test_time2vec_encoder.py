@@ -7,8 +7,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fintrans.models import time2vec_encoder as t2v
+from fintrans.models.config import ConfigError
 from model_cases import BATCH, built, config_of, jit
 
 NAME = "time2vec_encoder"
@@ -96,3 +98,35 @@ def test_time_input_flatten_head_projection_and_subtract_last():
     assert not np.allclose(apply(params, {"inputs": x[:, perm]}), forecast, atol=1e-4)
     shift = np.array([3.0, -1.5], np.float32)
     chex.assert_trees_all_close(apply(params, {"inputs": x + shift}), forecast + shift, atol=1e-4)
+
+
+def test_position_encoding_baselines_replace_time2vec():
+    """position_encoding='learned'/'sinusoidal' (the paper's baselines): no Time2Vec, a projection to the same
+    width plus a position table that is the only source of order (zeroed, permuting steps changes nothing);
+    'learned' holding the sinusoidal table computes exactly what 'sinusoidal' does."""
+    x = np.asarray(built(NAME).batch["inputs"])
+    learned_cfg = config_of(NAME, position_encoding="learned")
+    learned = t2v.Time2VecEncoder(learned_cfg)
+    params = nn.unbox(jit(learned.init)(jax.random.PRNGKey(0), {"inputs": x}))
+    p = params["params"]
+    assert "time2vec" not in p
+    assert p["input_embed"]["kernel"].shape == (learned_cfg.num_channels, learned_cfg.feature_dim)
+    assert p["positions"]["embedding"].shape == (learned_cfg.input_len, learned_cfg.feature_dim)
+    apply = jit(learned.apply)
+    perm = np.random.default_rng(4).permutation(learned_cfg.input_len)
+    assert not np.allclose(apply(params, {"inputs": x[:, perm]}), apply(params, {"inputs": x}), atol=1e-4)
+    zeroed = jax.tree.map(lambda a: a, params)
+    zeroed["params"]["positions"]["embedding"] = jnp.zeros_like(p["positions"]["embedding"])
+    chex.assert_trees_all_close(apply(zeroed, {"inputs": x[:, perm]}), apply(zeroed, {"inputs": x}), atol=1e-5)
+
+    sinusoidal = t2v.Time2VecEncoder(config_of(NAME, position_encoding="sinusoidal"))
+    sin_params = {"params": {k: v for k, v in p.items() if k != "positions"}}
+    pos, i = np.arange(learned_cfg.input_len)[:, None], np.arange(learned_cfg.feature_dim)[None]
+    angle = pos / 10_000.0 ** ((i - i % 2) / learned_cfg.feature_dim)  # Vaswani et al.: sin even, cos odd
+    table = np.where(i % 2 == 0, np.sin(angle), np.cos(angle))
+    with_table = jax.tree.map(lambda a: a, params)
+    with_table["params"]["positions"]["embedding"] = jnp.asarray(table, jnp.float32)
+    chex.assert_trees_all_close(jit(sinusoidal.apply)(sin_params, {"inputs": x}), apply(with_table, {"inputs": x}),
+                                atol=1e-5)
+    with pytest.raises(ConfigError, match="position_encoding"):
+        config_of(NAME, position_encoding="rotary")
