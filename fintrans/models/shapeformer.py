@@ -34,8 +34,7 @@ its padding read as zeros), so their values never change the logits.
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -43,13 +42,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from fintrans import axes
-from fintrans.layers import (MLP, Block, Conv1D, Dense, LayerNorm, MultiHeadAttention, TransformerBlock,
-                             check_series_batch, param_with_axes, pool)
-from fintrans.layers.mlp import ACTIVATIONS
+from fintrans.layers import (Conv1D, Dense, Dropout, LayerNorm, MultiHeadAttention, check_series_batch,
+                             param_with_axes, pool)
+from fintrans.layers.mlp import ACTIVATIONS, activation as activation_fn
+from fintrans.ops.attention import dot_product_attention
 from fintrans.models import register
 from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 
 CI_EPS = 1e-3
+ATTENTIONS = ("authors", "standard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +66,12 @@ class ShapeFormerConfig(AttentionConfig):
     shapelet_channels: tuple = ()  # int per shapelet
     shapelet_starts: tuple = ()  # int per shapelet: where discovery found it
     shapelet_weights: tuple = ()  # float per shapelet: information gain (initial token weight)
-    window: int = 20  # search +- window steps around each shapelet's start
+    window: int = 50  # search +- window steps around each shapelet's start (the authors' ShapeBlock: 50)
     max_ci: float = 3.0
+    # Initial shapelet weights: num_shapelets * softmax(scale * gains), as the authors' main.py; None: the gains.
+    shapelet_weight_softmax: Optional[float] = 20.0
+    attention: str = "authors"  # "authors" (their Attention, both branches) | "standard" (multi-head, biases, out proj)
+    position_in_residual: bool = False  # True: the generic branch's positions also join the residual stream
     shape_embed_dim: int = 32
     generic_embed_dim: int = 32
     conv_width: int = 8
@@ -75,6 +80,8 @@ class ShapeFormerConfig(AttentionConfig):
     activation: str = "relu"
     norm_epsilon: float = 1e-5
     dropout_rate: float = 0.1
+    use_class_specific: bool = True  # False: drop the shapelet branch (the generic branch alone)
+    use_generic: bool = True  # False: drop the generic branch (the shapelet branch alone)
 
     def validate(self):
         for name in ("max_len", "num_channels", "num_classes", "shape_embed_dim", "generic_embed_dim", "conv_width",
@@ -82,6 +89,12 @@ class ShapeFormerConfig(AttentionConfig):
             check_positive(name, getattr(self, name))
         check_positive("window", self.window, allow_zero=True)
         check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("attention", self.attention, ATTENTIONS)
+        sws = self.shapelet_weight_softmax
+        if sws is not None and (isinstance(sws, bool) or not isinstance(sws, (int, float)) or sws <= 0):
+            raise ConfigError(f"shapelet_weight_softmax={sws!r} must be None (the raw gains) or a positive float")
+        if not (self.use_generic or (self.use_class_specific and self.shapelets)):
+            raise ConfigError("use_generic=False leaves no branch: give shapelets with use_class_specific=True")
         check_rate("dropout_rate", self.dropout_rate)
         for name in ("norm_epsilon", "max_ci"):
             v = getattr(self, name)
@@ -157,6 +170,65 @@ def shapelet_filter(x, valid_len, values, lengths, channels, starts, *, window: 
     return best, best_dist, pos
 
 
+class ShapeFormerAttention(nn.Module):
+    """The authors' `Models/Attention.py` `Attention`: query/key/value projections without biases, scores
+    scaled by 1/sqrt(embedding size) (not the head size), softmax, heads concatenated and a LayerNorm in
+    place of an output projection. (Their module holds a dropout it never applies.) `mask` (True =
+    attend, broadcastable to [B, heads, T, T]) hides padded keys; the authors' series have no padding."""
+    num_heads: int
+    norm_epsilon: float = 1e-5
+    attention_impl: Optional[str] = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, mask=None):
+        d = x.shape[-1]
+        proj = lambda name: Dense((self.num_heads, d // self.num_heads), (axes.EMBED,), (axes.HEADS, axes.HEAD_DIM),
+                                  use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)
+        out = dot_product_attention(q, k, v, mask=mask, scale=d ** -0.5, implementation=self.attention_impl)
+        out = out.reshape(x.shape[:-1] + (d,))
+        return LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="out_norm")(out)
+
+
+class ShapeFormerLayer(nn.Module):
+    """One post-LN encoder layer as both of the authors' branches write it out:
+        h = LN1((x + Attn(attn_in)) * w);  out = LN2(h + FFN(h)) * w
+    attn_in is x, or (generic branch) x + positions; w the per-token shapelet weights [S] (None: 1).
+    FFN = Linear -> act -> Dropout -> Linear -> Dropout."""
+    config: ShapeFormerConfig
+    dim: int
+
+    @nn.compact
+    def __call__(self, x, attn_in, *, mask=None, weights=None, deterministic: bool = True):
+        cfg = self.config
+        kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+        if cfg.attention == "authors":
+            a = ShapeFormerAttention(cfg.num_heads, norm_epsilon=cfg.norm_epsilon, attention_impl=cfg.attention_impl,
+                                     name="attention", **kw)(attn_in, mask=mask)
+        else:
+            a = MultiHeadAttention(num_heads=cfg.num_heads, head_dim=self.dim // cfg.num_heads, use_bias=True,
+                                   dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, name="attention",
+                                   **kw)(attn_in, mask=mask, deterministic=deterministic)
+        scale = (lambda y: y) if weights is None else (lambda y: y * weights[None, :, None].astype(y.dtype))
+        h = LayerNorm(epsilon=cfg.norm_epsilon, name="attention_norm", **kw)(scale(x + a))
+        f = Dense(cfg.mlp_dim, (axes.EMBED,), (axes.MLP,), name="mlp_in", **kw)(h)
+        f = Dropout(cfg.dropout_rate)(activation_fn(cfg.activation)(f), deterministic=deterministic)
+        f = Dense(self.dim, (axes.MLP,), (axes.EMBED,), name="mlp_out", **kw)(f)
+        f = Dropout(cfg.dropout_rate)(f, deterministic=deterministic)
+        return scale(LayerNorm(epsilon=cfg.norm_epsilon, name="mlp_norm", **kw)(h + f))
+
+
+def initial_shapelet_weights(gains, softmax_scale: Optional[float]) -> np.ndarray:
+    """The shapelet weights' initial values: S * softmax(scale * gains) (the authors' main.py), or the gains."""
+    g = np.asarray(gains, np.float64)
+    if softmax_scale is None or not g.size:
+        return g.astype(np.float32)
+    e = np.exp(softmax_scale * (g - g.max()))
+    return (len(g) * e / e.sum()).astype(np.float32)
+
+
 class ShapeFormer(nn.Module):
     """batch {'inputs': float[B, T, C], 'mask'?: bool[B, T]} -> logits float32[B, num_classes]."""
     config: ShapeFormerConfig
@@ -168,21 +240,15 @@ class ShapeFormer(nn.Module):
         dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
         det = not train
         x = jnp.where(valid[..., None], x.astype(dtype), 0)
-        features = [self._generic(x, valid, det)]
-        if cfg.num_shapelets:
-            features.insert(0, self._class_specific(x, valid, det))
+        features = []
+        if cfg.use_class_specific and cfg.num_shapelets:
+            features.append(self._class_specific(x, valid, det))
+        if cfg.use_generic:
+            features.append(self._generic(x, valid, det))
         h = jnp.concatenate(features, axis=-1)
         logits = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dtype, param_dtype=pdtype,
                        name="head")(h)
         return nn.with_logical_constraint(logits, (axes.ACT_BATCH, None)).astype(jnp.float32)
-
-    def _block(self, d, name):
-        cfg = self.config
-        return TransformerBlock(num_heads=cfg.num_heads, head_dim=d // cfg.num_heads, mlp_dim=cfg.mlp_dim,
-                                norm="layernorm", norm_position="post", norm_epsilon=cfg.norm_epsilon,
-                                activation=cfg.activation, use_bias=True, dropout_rate=cfg.dropout_rate,
-                                attention_impl=cfg.attention_impl, dtype=cfg.compute_dtype,
-                                param_dtype=cfg.params_dtype, name=name)
 
     def _generic(self, x, valid, det):
         cfg = self.config
@@ -200,10 +266,16 @@ class ShapeFormer(nn.Module):
                   name="channel_conv")(h)
         h = nn.gelu(LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="channel_norm")(h),
                     approximate=False)
+        # The authors' LearnablePositionalEncoding: U(-0.02, 0.02), then dropout; its output is the attention's
+        # input only, the residual stream stays the convolution features.
         pos = param_with_axes(self, "positions", nn.initializers.uniform(0.04), (cfg.max_len, d),
                               (axes.LENGTH, axes.EMBED), pdtype)
-        h = h + (pos[:t].astype(dtype) - 0.02)
-        h = self._block(d, "generic_block")(h, mask=valid[:, None, None, :], deterministic=det)
+        with_pos = h + (pos[:t].astype(dtype) - 0.02)
+        if cfg.position_in_residual:
+            h = attn_in = with_pos
+        else:
+            attn_in = Dropout(cfg.dropout_rate)(with_pos, deterministic=det)
+        h = ShapeFormerLayer(cfg, d, name="generic_block")(h, attn_in, mask=valid[:, None, None, :], deterministic=det)
         return pool(h, "mean", valid)
 
     def _class_specific(self, x, valid, det):
@@ -230,42 +302,20 @@ class ShapeFormer(nn.Module):
                                pdtype)
         tok = (jnp.einsum("bsl,sld->bsd", best, w_win.astype(dtype)) + b_win.astype(dtype)
                - (jnp.einsum("sl,sld->sd", values, w_sh.astype(dtype)) + b_sh.astype(dtype))[None])
-        # Position embeddings of (channel, start, end) (the authors' one-hot vectors through Linear layers).
+        # Position embeddings of (channel, start, end): the authors' one-hot vectors through three Linear
+        # layers = three table lookups plus (the sum of their biases) one shared bias.
         emb = lambda name, n: param_with_axes(self, name, nn.initializers.normal(0.02), (n, d),
                                               (None, axes.EMBED), pdtype).astype(dtype)
+        pos_bias = param_with_axes(self, "position_bias", nn.initializers.zeros, (d,), (axes.EMBED,), pdtype)
         tok = tok + (emb("channel_embed", cfg.num_channels)[channels] + emb("start_embed", cfg.max_len)[starts]
-                     + emb("end_embed", cfg.max_len + 1)[starts + lengths])[None]
-        sw = jnp.asarray(cfg.shapelet_weights, dtype) + param_with_axes(
-            self, "shapelet_weight_offsets", nn.initializers.zeros, (s_count,), (None,), pdtype).astype(dtype)
-        # One post-LN layer, attention and FFN outputs scaled per token by the shapelet weights.
-        h = _weighted_post_ln(cfg, d, sw, "shapelet_block")(tok, deterministic=det)
+                     + emb("end_embed", cfg.max_len + 1)[starts + lengths] + pos_bias.astype(dtype))[None]
+        sw = jnp.asarray(initial_shapelet_weights(cfg.shapelet_weights, cfg.shapelet_weight_softmax), dtype) + \
+            param_with_axes(self, "shapelet_weight_offsets", nn.initializers.zeros, (s_count,), (None,),
+                            pdtype).astype(dtype)
+        # Shapelet tokens attend to each other in full (no position enters the attention apart from the
+        # embeddings above, added to the tokens themselves as the authors do); the FIRST token is kept.
+        h = ShapeFormerLayer(cfg, d, name="shapelet_block")(tok, tok, weights=sw, deterministic=det)
         return h[:, 0]
-
-
-class _WeightedLayerNorm(LayerNorm):
-    """LayerNorm with the shapelet weights [S] applied per token: to its input (`before`) or output."""
-    weights: Any = None
-    before: bool = True
-
-    def __call__(self, x):
-        w = self.weights[None, :, None]
-        return super().__call__(x * w) if self.before else super().__call__(x) * w
-
-
-def _weighted_post_ln(cfg: ShapeFormerConfig, dim: int, weights: jax.Array, name: str) -> Block:
-    """The class-specific layer: x <- LN(w * (x + Attn(x))); x <- LN(x + FFN(x)) * w (the authors' order of
-    scaling and norms), a post-norm Block whose two norms apply the shapelet weights."""
-    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
-    return Block(
-        token_mixer=functools.partial(MultiHeadAttention, num_heads=cfg.num_heads, head_dim=dim // cfg.num_heads,
-                                      use_bias=True, dropout_rate=cfg.dropout_rate,
-                                      attention_impl=cfg.attention_impl, **kw),
-        channel_mixer=functools.partial(MLP, cfg.mlp_dim, activation=cfg.activation, use_bias=True,
-                                        dropout_rate=cfg.dropout_rate, **kw),
-        norm=lambda name: _WeightedLayerNorm(epsilon=cfg.norm_epsilon, weights=weights,
-                                             before=name.startswith("attention"), name=name, **kw),
-        norm_position="post", channel_dropout_rate=cfg.dropout_rate, token_mixer_name="attention",
-        channel_mixer_name="mlp", name=name, **kw)
 
 
 register("shapeformer", ShapeFormerConfig, ShapeFormer)
