@@ -1,5 +1,6 @@
 r"""t2 (time-series transformer for photometric classification, docs/papers.md) on UEA
-multivariate classification sets: basic_motions (default) or japanese_vowels.
+multivariate classification sets basic_motions (default) and japanese_vowels, and the UCR univariate
+sets arrow_head and osu_leaf.
 
 The datasets' `train` split is 80% of the official TRAIN file (the other 20% is `validation`, what the
 trainer evaluates on); `test` is the official TEST file. Published UEA accuracies train on all of TRAIN.
@@ -12,13 +13,14 @@ Launch (CPU, under a minute):
 Full run:
   python -m experiments.main --config=experiments/configs/t2_uea.py:dataset=japanese_vowels --workdir=/tmp/t2_jv
 Test-split accuracy of a finished run: python -m experiments.uea_test_accuracy --config=t2_uea:runlocal
-Arguments: runlocal, dataset (basic_motions | japanese_vowels).
+Arguments: runlocal, dataset (basic_motions | japanese_vowels | arrow_head | osu_leaf).
 """
 from experiments.configs.common import parse_arg
 from fintrans.train.config import default_config, model_fields
 
 # dataset -> (max_len, channels, classes), as fintrans.data.builders.uea documents them
-UEA_SHAPES = {"basic_motions": (100, 6, 4), "japanese_vowels": (29, 12, 9)}
+UEA_SHAPES = {"basic_motions": (100, 6, 4), "japanese_vowels": (29, 12, 9), "arrow_head": (251, 1, 3),
+              "osu_leaf": (427, 1, 6)}
 
 
 def uea_shape(dataset: str) -> tuple[int, int, int]:

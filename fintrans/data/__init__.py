@@ -18,6 +18,8 @@ Datasets (fd.names()) and their config fields besides `name`, `data_dir` (defaul
   seattle_weather  input_len, horizon {'inputs': float32[B, input_len, 4], 'targets': float32[B, horizon, 4]}
   basic_motions    [shapelets]        {'inputs': float32[B, 100, 6], 'mask': bool[B, 100], 'label': int32[B] (4)}
   japanese_vowels  [shapelets]        {'inputs': float32[B, 29, 12] zero-padded, 'mask': bool[B, 29], 'label' (9)}
+  arrow_head       [shapelets]        {'inputs': float32[B, 251, 1], 'mask': bool[B, 251], 'label' (3)} (UCR)
+  osu_leaf         [shapelets]        {'inputs': float32[B, 427, 1], 'mask': bool[B, 427], 'label' (6)} (UCR)
   (and patient_visits: gsp; synthetic_scenes: max_points; see their modules). [optional] fields have defaults.
 Forecasting series are standardised with their train split's mean/std (info['mean'], info['std']).
 Evaluation batches (num_epochs=1) also carry 'valid': bool[B] (False on padding rows).

@@ -12,6 +12,8 @@ SMALL_CONFIGS = {
     "seattle_weather": {"name": "seattle_weather", "input_len": 48, "horizon": 12},
     "basic_motions": {"name": "basic_motions"},
     "japanese_vowels": {"name": "japanese_vowels"},
+    "arrow_head": {"name": "arrow_head"},
+    "osu_leaf": {"name": "osu_leaf"},
     "synthetic_scenes": {"name": "synthetic_scenes", "max_points": 4096},
     "patient_visits": {"name": "patient_visits", "gsp": 0},
 }

@@ -1,5 +1,5 @@
-"""stocks, seattle_weather (chronological forecasting series) and the UEA sets basic_motions and
-japanese_vowels: splits, train-only statistics, windows, feature selection, labels, padding."""
+"""stocks, seattle_weather (chronological forecasting series) and the UEA/UCR sets basic_motions,
+japanese_vowels, arrow_head and osu_leaf: splits, train-only statistics, windows, feature selection, labels, padding."""
 import numpy as np
 import pytest
 
@@ -183,6 +183,8 @@ def test_preparing_again_gives_the_same_records(data_dir, tmp_path):
 @pytest.mark.parametrize("name,classes,channels,max_len,sizes", [
     ("basic_motions", 4, 6, 100, (32, 8, 40)),
     ("japanese_vowels", 9, 12, 29, (216, 54, 370)),
+    ("arrow_head", 3, 1, 251, (30, 6, 175)),  # 12 per class in TRAIN: round(2.4) = 2 of each to validation
+    ("osu_leaf", 6, 1, 427, (159, 41, 242)),
 ])
 def test_uea_shapes_labels_and_splits(load, data_dir, name, classes, channels, max_len, sizes):
     ds = load(name)
@@ -207,7 +209,7 @@ def test_uea_shapes_labels_and_splits(load, data_dir, name, classes, channels, m
     assert rows["train"] | rows["validation"] == set(range(len(train_file.series)))
     assert rows["test"] == set(range(sizes[2]))
     val_counts = np.bincount(ds.source("validation").take(np.arange(sizes[1]))["label"], minlength=classes)
-    np.testing.assert_array_equal(val_counts, np.bincount(train_file.labels) * 0.2)
+    np.testing.assert_array_equal(val_counts, np.round(np.bincount(train_file.labels) * 0.2))
     if name == "japanese_vowels":
         assert lengths.min() < max_len  # variable lengths, padded
 
@@ -218,7 +220,7 @@ def test_uea_values_match_sktimes_loader(load):
 
     from fintrans.data.builders.base import packaged_file
 
-    for problem in ("BasicMotions", "JapaneseVowels"):
+    for problem in ("BasicMotions", "JapaneseVowels", "ArrowHead", "OSULeaf"):
         for split in ("TRAIN", "TEST"):
             path = packaged_file("sktime", "datasets", "data", problem, f"{problem}_{split}.ts", dataset=problem)
             frame, labels = load_from_tsfile(str(path), return_data_type="nested_univ")

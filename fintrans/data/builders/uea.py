@@ -5,6 +5,14 @@
                      gyroscope of a smart watch), length 100; 40 train / 40 test series.
   japanese_vowels    9 classes (speakers), 12 channels (LPC cepstrum coefficients), lengths 7..29;
                      270 train / 370 test series.
+  arrow_head         3 classes (arrowhead types), 1 channel (outline of the head as a distance-to-centre
+                     profile), length 251; 36 train / 175 test series (UCR, univariate).
+  osu_leaf           6 classes (tree species), 1 channel (leaf outline profile), length 427; 200 train /
+                     242 test series (UCR, univariate).
+
+The last two do not saturate (good classifiers stay clearly below 100%: the UCR archive's 1-NN DTW scores
+about 0.70 on ArrowHead and 0.59 on OSULeaf), unlike basic_motions, where 40 test series and near-perfect
+accuracy leave no room to tell methods apart.
 
 Splits: `test` is the official TEST file. The official TRAIN file is split, stratified by class with seed 0,
 into `train` (80%) and `validation` (20% of each class; the trainer evaluates on validation), so model
@@ -12,7 +20,7 @@ selection never looks at the test series. Published UEA accuracies train on the 
 
 Values are kept as in the archive (no normalisation; info['mean'] / info['std'] hold the train split's
 per-channel statistics over valid steps for models that want them). Every series is zero-padded at the end
-to the set's longest length (max over both official files: 100 and 29), and 'mask' marks the real steps:
+to the set's longest length (max over both official files: 100, 29, 251 and 427), and 'mask' marks the real steps:
   {'inputs': float32[B, max_len, channels], 'mask': bool[B, max_len], 'label': int32[B]}
 Examples are padded one record at a time as the pipeline reads them (the datasets stream); the train
 statistics are a fitted artefact (fintrans.data.fitted), computed once and cached beside the dataset.
@@ -167,6 +175,21 @@ class JapaneseVowels(_UeaBuilder, skip_registration=True):
                    "frames. Official TEST split; official TRAIN split 80/20 into train/validation, stratified, seed 0.")
 
 
+class ArrowHead(_UeaBuilder, skip_registration=True):
+    name = "arrow_head"
+    PROBLEM = "ArrowHead"
+    DESCRIPTION = ("UCR ArrowHead: outlines of projectile points (arrowheads) as 251-step profiles, three classes "
+                   "(Avonlea, Clovis, Mix). Official TEST split; official TRAIN split 80/20 into "
+                   "train/validation, stratified, seed 0.")
+
+
+class OSULeaf(_UeaBuilder, skip_registration=True):
+    name = "osu_leaf"
+    PROBLEM = "OSULeaf"
+    DESCRIPTION = ("UCR OSULeaf: leaf outlines of six tree species as 427-step profiles. Official TEST split; "
+                   "official TRAIN split 80/20 into train/validation, stratified, seed 0.")
+
+
 SHAPELET_PARAMS = {"per_class": 2, "window": 20, "pip_fraction": 0.2, "min_len": 3, "max_len_fraction": 0.5}
 
 
@@ -250,3 +273,5 @@ BASIC_MOTIONS = register(DatasetSpec(name="basic_motions", builder=BasicMotions,
                                      streams=True))
 JAPANESE_VOWELS = register(DatasetSpec(name="japanese_vowels", builder=JapaneseVowels, fields=UEA_FIELDS, read=read,
                                        streams=True))
+ARROW_HEAD = register(DatasetSpec(name="arrow_head", builder=ArrowHead, fields=UEA_FIELDS, read=read, streams=True))
+OSU_LEAF = register(DatasetSpec(name="osu_leaf", builder=OSULeaf, fields=UEA_FIELDS, read=read, streams=True))
