@@ -1,5 +1,5 @@
 """ShapeFormer: shapelet transformer for multivariate time-series classification (Le et al., KDD'24;
-authors' code `xuanmay2701/shapeformer`, `Models/shapeformer.py`).
+authors' code `xuanmay2701/shapeformer`, `Models/shapeformer.py`, `Models/Attention.py`, `main.py`).
 
 Two branches over x [B, T, C] (zero-padded, `mask` [B, T] marks real steps), concatenated for the classifier:
 
@@ -8,28 +8,54 @@ Class-specific branch (one token per shapelet). Shapelets are discovered on the 
 model through the config: `shapelets` (the values, one tuple each, lengths may differ),
 `shapelet_channels`, `shapelet_starts` and `shapelet_weights` (the discovery's information gains);
 `Shapelets.as_config()` gives these fields. The shapelets and their weights are learnable, as in
-the authors' code: each is the config's value plus a parameter offset initialised to zero. For shapelet s of length L on channel c found at position start_s:
+the authors' code: each is the config's value plus a parameter offset initialised to zero. For shapelet s of
+length L on channel c found at position start_s:
   - Shapelet filter: among the windows x[p:p+L, c] with start_s - window <= p <= start_s + window
     (and p + L <= the series' valid length), pick the best match by the complexity-invariant
     distance  mean_j (x[p+j, c] - s_j)^2 * min(max_ci, max(CI_x, CI_s) / min(CI_x, CI_s)),
-    CI(z) = sqrt(sum diff(z)^2 + 1e-3). (The authors' model compares a sum of squared differences
-    to a square root, which we read as a slip and use the square root for both, as their
-    discovery does.) The argmin is a hard selection, as theirs.
+    CI(z) = sqrt(sum diff(z)^2 + 1e-3). `window` is 50 as the authors' ShapeBlock (their discovery has a
+    window of its own, per dataset: the data config's shapelets.window). The argmin is a hard selection.
   - Difference feature: Linear_1(best window) - Linear_2(s)  (two Linear(L -> d) per shapelet).
-  - + learned embeddings of the shapelet's channel, start and end (the authors' one-hot -> Linear).
-  - One post-LN transformer layer whose attention and FFN outputs are scaled per token by the
-    learnable shapelet weights (initialised from the information gains); the FIRST token is kept.
-Generic branch: Conv over time (width 8, 'same', shared over channels) -> LayerNorm -> GELU ->
-  Conv over all channels -> LayerNorm -> GELU -> [B, T, d] + learned positions -> one post-LN
-  transformer layer (padded steps masked as keys) -> mean over valid steps. The authors use
-  BatchNorm after the convolutions; here LayerNorm, so the model stays a pure function of its
-  parameters (no running statistics).
-Output: Linear([first shapelet token ; pooled generic features]) -> logits.
+  - + learned embeddings of the shapelet's channel, start and end and one bias (the authors' one-hot vectors
+    through three Linear layers).
+  - One post-LN layer (ShapeFormerLayer) whose attention and FFN outputs are scaled per token by the
+    learnable shapelet weights, initialised as the authors' main.py does: S * softmax(20 * gains)
+    (`shapelet_weight_softmax`; None: the raw gains); the FIRST token is kept.
+Generic branch: Conv over time (width 8, 'same', shared over channels) -> norm -> GELU -> Conv over all
+  channels -> norm -> GELU -> [B, T, d]; learned positions U(-0.02, 0.02) are added, with dropout, to the
+  attention's input only (the authors' `local_x + attention(Fix_Position(local_x))`; `position_in_residual`
+  adds them to the residual stream too) -> one post-LN layer (padded steps masked as keys) -> mean over
+  valid steps.
+Attention in both branches (`attention="authors"`, ShapeFormerAttention): the authors' `Attention` module:
+  q/k/v projections without biases, scores scaled by 1/sqrt(embedding size) rather than of the head size,
+  heads concatenated and a LayerNorm instead of an output projection, no dropout. `attention="standard"` is
+  ordinary multi-head attention (biases, 1/sqrt(head size), output projection with dropout).
+Output: Linear([first shapelet token ; pooled generic features]) -> logits. `use_class_specific=False` /
+`use_generic=False` drop a branch (ablations; default both, the authors'). With no shapelets the
+class-specific branch is absent.
 
-With no shapelets (the default config) the class-specific branch is absent: the generic branch alone.
 Padded steps are zeroed first, never attended to, never pooled and never inside a matched window
 (unless the series is shorter than the shapelet: then the window at the clipped start is used,
 its padding read as zeros), so their values never change the logits.
+
+Remaining differences from the authors' code:
+  - Generic branch norms: LayerNorm after each convolution; the authors use BatchNorm2d. (BatchNorm's
+    running statistics would be model state; the shared model tests apply every model in train mode
+    without a mutable "batch_stats" collection.)
+  - Padding: the authors' series are fixed length (no mask); here padded steps are masked out of the
+    generic attention and pooling and out of the shapelet windows.
+  - Shapelet filter distance: the authors' model compares a plain sum of squared differences for the window's
+    CI to a square root for the shapelet's (CI_x = sum diff^2 + 1e-3 but CI_s = sqrt(sum diff^2) + 1e-3),
+    which we read as a slip; here both are sqrt(sum diff^2 + 1e-3), as in their discovery. Their search region
+    is also clipped to [0, len_ts); ours to the valid length.
+  - Initialisation: PyTorch's defaults (uniform fan-in for Linear/Conv weights and biases, incl. the
+    position Linears) vs flax's (lecun normal weights, zero biases; position tables normal(0.02), bias 0).
+  - Discovery (fintrans.data.shapelets): see that module; notably the authors keep non-overlapping
+    shapelets per class and order each class's shapelets by start (so their first token is class 0's
+    earliest shapelet, ours class 0's best), and they do not skip candidates longer than half the series.
+  - Training (configs, not this module): the authors use RAdam, lr 0.05, weight decay 5e-4, batch 8, 200
+    epochs, gradient-norm clip 4, and select the epoch by test accuracy; ours: AdamW with warmup/cosine and
+    the final parameters, selected on nothing.
 """
 from __future__ import annotations
 
@@ -93,8 +119,8 @@ class ShapeFormerConfig(AttentionConfig):
         sws = self.shapelet_weight_softmax
         if sws is not None and (isinstance(sws, bool) or not isinstance(sws, (int, float)) or sws <= 0):
             raise ConfigError(f"shapelet_weight_softmax={sws!r} must be None (the raw gains) or a positive float")
-        if not (self.use_generic or (self.use_class_specific and self.shapelets)):
-            raise ConfigError("use_generic=False leaves no branch: give shapelets with use_class_specific=True")
+        if not (self.use_generic or self.use_class_specific):
+            raise ConfigError("use_generic=False and use_class_specific=False leave no branch; keep at least one")
         check_rate("dropout_rate", self.dropout_rate)
         for name in ("norm_epsilon", "max_ci"):
             v = getattr(self, name)
@@ -245,6 +271,9 @@ class ShapeFormer(nn.Module):
             features.append(self._class_specific(x, valid, det))
         if cfg.use_generic:
             features.append(self._generic(x, valid, det))
+        if not features:  # shapelets are filled from the data after the config is parsed, so checked here
+            raise ValueError("shapeformer: use_generic=False needs shapelets (the class-specific branch), and the "
+                             "config has none")
         h = jnp.concatenate(features, axis=-1)
         logits = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dtype, param_dtype=pdtype,
                        name="head")(h)

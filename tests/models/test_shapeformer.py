@@ -258,5 +258,9 @@ def test_initial_shapelet_weights_and_dropped_branches():
         assert present in names and absent not in names
     with pytest.raises(ValueError, match="no branch"):
         b.config.replace(use_generic=False, use_class_specific=False)
+    no_shapelets = b.config.replace(use_generic=False, shapelets=(), shapelet_channels=(), shapelet_starts=(),
+                                    shapelet_weights=())
+    with pytest.raises(ValueError, match="needs shapelets"):
+        jax.eval_shape(ShapeFormer(no_shapelets).init, jax.random.PRNGKey(0), b.batch)
     with pytest.raises(ValueError, match="shapelet_weight_softmax"):
         b.config.replace(shapelet_weight_softmax=-1.0)
