@@ -256,6 +256,10 @@ def test_initial_shapelet_weights_and_dropped_branches():
         names = set(flax.linen.unbox(jax.eval_shape(ShapeFormer(b.config.replace(**flags)).init,
                                                     jax.random.PRNGKey(0), b.batch))["params"])
         assert present in names and absent not in names
+    standard = flax.linen.unbox(jax.eval_shape(ShapeFormer(b.config.replace(attention="standard")).init,
+                                               jax.random.PRNGKey(0), b.batch))["params"]
+    assert "out" in standard["generic_block"]["attention"] and "out_norm" not in standard["generic_block"]["attention"]
+    assert "bias" in standard["shapelet_block"]["attention"]["query"]
     with pytest.raises(ValueError, match="no branch"):
         b.config.replace(use_generic=False, use_class_specific=False)
     no_shapelets = b.config.replace(use_generic=False, shapelets=(), shapelet_channels=(), shapelet_starts=(),
