@@ -1,5 +1,5 @@
 """ShapeFormer: shapelet transformer for multivariate time-series classification (Le et al., KDD'24;
-authors' code `xuanmay2701/shapeformer`, `Models/shapeformer.py`).
+authors' code `xuanmay2701/shapeformer`, `Models/shapeformer.py`, `Models/Attention.py`, `main.py`).
 
 Two branches over x [B, T, C] (zero-padded, `mask` [B, T] marks real steps), concatenated for the classifier:
 
@@ -8,34 +8,59 @@ Class-specific branch (one token per shapelet). Shapelets are discovered on the 
 model through the config: `shapelets` (the values, one tuple each, lengths may differ),
 `shapelet_channels`, `shapelet_starts` and `shapelet_weights` (the discovery's information gains);
 `Shapelets.as_config()` gives these fields. The shapelets and their weights are learnable, as in
-the authors' code: each is the config's value plus a parameter offset initialised to zero. For shapelet s of length L on channel c found at position start_s:
+the authors' code: each is the config's value plus a parameter offset initialised to zero. For shapelet s of
+length L on channel c found at position start_s:
   - Shapelet filter: among the windows x[p:p+L, c] with start_s - window <= p <= start_s + window
     (and p + L <= the series' valid length), pick the best match by the complexity-invariant
     distance  mean_j (x[p+j, c] - s_j)^2 * min(max_ci, max(CI_x, CI_s) / min(CI_x, CI_s)),
-    CI(z) = sqrt(sum diff(z)^2 + 1e-3). (The authors' model compares a sum of squared differences
-    to a square root, which we read as a slip and use the square root for both, as their
-    discovery does.) The argmin is a hard selection, as theirs.
+    CI(z) = sqrt(sum diff(z)^2 + 1e-3). `window` is 50 as the authors' ShapeBlock (their discovery has a
+    window of its own, per dataset: the data config's shapelets.window). The argmin is a hard selection.
   - Difference feature: Linear_1(best window) - Linear_2(s)  (two Linear(L -> d) per shapelet).
-  - + learned embeddings of the shapelet's channel, start and end (the authors' one-hot -> Linear).
-  - One post-LN transformer layer whose attention and FFN outputs are scaled per token by the
-    learnable shapelet weights (initialised from the information gains); the FIRST token is kept.
-Generic branch: Conv over time (width 8, 'same', shared over channels) -> LayerNorm -> GELU ->
-  Conv over all channels -> LayerNorm -> GELU -> [B, T, d] + learned positions -> one post-LN
-  transformer layer (padded steps masked as keys) -> mean over valid steps. The authors use
-  BatchNorm after the convolutions; here LayerNorm, so the model stays a pure function of its
-  parameters (no running statistics).
-Output: Linear([first shapelet token ; pooled generic features]) -> logits.
+  - + learned embeddings of the shapelet's channel, start and end and one bias (the authors' one-hot vectors
+    through three Linear layers).
+  - One post-LN layer (ShapeFormerLayer) whose attention and FFN outputs are scaled per token by the
+    learnable shapelet weights, initialised as the authors' main.py does: S * softmax(20 * gains)
+    (`shapelet_weight_softmax`; None: the raw gains); the FIRST token is kept.
+Generic branch: Conv over time (width 8, 'same', shared over channels) -> norm -> GELU -> Conv over all
+  channels -> norm -> GELU -> [B, T, d]; learned positions U(-0.02, 0.02) are added, with dropout, to the
+  attention's input only (the authors' `local_x + attention(Fix_Position(local_x))`; `position_in_residual`
+  adds them to the residual stream too) -> one post-LN layer (padded steps masked as keys) -> mean over
+  valid steps.
+Attention in both branches (`attention="authors"`, ShapeFormerAttention): the authors' `Attention` module:
+  q/k/v projections without biases, scores scaled by 1/sqrt(embedding size) rather than of the head size,
+  heads concatenated and a LayerNorm instead of an output projection, no dropout. `attention="standard"` is
+  ordinary multi-head attention (biases, 1/sqrt(head size), output projection with dropout).
+Output: Linear([first shapelet token ; pooled generic features]) -> logits. `use_class_specific=False` /
+`use_generic=False` drop a branch (ablations; default both, the authors'). With no shapelets the
+class-specific branch is absent.
 
-With no shapelets (the default config) the class-specific branch is absent: the generic branch alone.
 Padded steps are zeroed first, never attended to, never pooled and never inside a matched window
 (unless the series is shorter than the shapelet: then the window at the clipped start is used,
 its padding read as zeros), so their values never change the logits.
+
+Remaining differences from the authors' code:
+  - Generic branch norms: LayerNorm after each convolution; the authors use BatchNorm2d. (BatchNorm's
+    running statistics would be model state; the shared model tests apply every model in train mode
+    without a mutable "batch_stats" collection.)
+  - Padding: the authors' series are fixed length (no mask); here padded steps are masked out of the
+    generic attention and pooling and out of the shapelet windows.
+  - Shapelet filter distance: the authors' model compares a plain sum of squared differences for the window's
+    CI to a square root for the shapelet's (CI_x = sum diff^2 + 1e-3 but CI_s = sqrt(sum diff^2) + 1e-3),
+    which we read as a slip; here both are sqrt(sum diff^2 + 1e-3), as in their discovery. Their search region
+    is also clipped to [0, len_ts); ours to the valid length.
+  - Initialisation: PyTorch's defaults (uniform fan-in for Linear/Conv weights and biases, incl. the
+    position Linears) vs flax's (lecun normal weights, zero biases; position tables normal(0.02), bias 0).
+  - Discovery (fintrans.data.shapelets): see that module; notably the authors keep non-overlapping
+    shapelets per class and order each class's shapelets by start (so their first token is class 0's
+    earliest shapelet, ours class 0's best), and they do not skip candidates longer than half the series.
+  - Training (configs, not this module): the authors use RAdam, lr 0.05, weight decay 5e-4, batch 8, 200
+    epochs, gradient-norm clip 4, and select the epoch by test accuracy; ours: AdamW with warmup/cosine and
+    the final parameters, selected on nothing.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -43,13 +68,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from fintrans import axes
-from fintrans.layers import (MLP, Block, Conv1D, Dense, LayerNorm, MultiHeadAttention, TransformerBlock,
-                             check_series_batch, param_with_axes, pool)
-from fintrans.layers.mlp import ACTIVATIONS
+from fintrans.layers import (Conv1D, Dense, Dropout, LayerNorm, MultiHeadAttention, check_series_batch,
+                             param_with_axes, pool)
+from fintrans.layers.mlp import ACTIVATIONS, activation as activation_fn
+from fintrans.ops.attention import dot_product_attention
 from fintrans.models import register
 from fintrans.models.config import AttentionConfig, ConfigError, check_choice, check_positive, check_rate
 
 CI_EPS = 1e-3
+ATTENTIONS = ("authors", "standard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +92,12 @@ class ShapeFormerConfig(AttentionConfig):
     shapelet_channels: tuple = ()  # int per shapelet
     shapelet_starts: tuple = ()  # int per shapelet: where discovery found it
     shapelet_weights: tuple = ()  # float per shapelet: information gain (initial token weight)
-    window: int = 20  # search +- window steps around each shapelet's start
+    window: int = 50  # search +- window steps around each shapelet's start (the authors' ShapeBlock: 50)
     max_ci: float = 3.0
+    # Initial shapelet weights: num_shapelets * softmax(scale * gains), as the authors' main.py; None: the gains.
+    shapelet_weight_softmax: Optional[float] = 20.0
+    attention: str = "authors"  # "authors" (their Attention, both branches) | "standard" (multi-head, biases, out proj)
+    position_in_residual: bool = False  # True: the generic branch's positions also join the residual stream
     shape_embed_dim: int = 32
     generic_embed_dim: int = 32
     conv_width: int = 8
@@ -75,6 +106,8 @@ class ShapeFormerConfig(AttentionConfig):
     activation: str = "relu"
     norm_epsilon: float = 1e-5
     dropout_rate: float = 0.1
+    use_class_specific: bool = True  # False: drop the shapelet branch (the generic branch alone)
+    use_generic: bool = True  # False: drop the generic branch (the shapelet branch alone)
 
     def validate(self):
         for name in ("max_len", "num_channels", "num_classes", "shape_embed_dim", "generic_embed_dim", "conv_width",
@@ -82,6 +115,12 @@ class ShapeFormerConfig(AttentionConfig):
             check_positive(name, getattr(self, name))
         check_positive("window", self.window, allow_zero=True)
         check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("attention", self.attention, ATTENTIONS)
+        sws = self.shapelet_weight_softmax
+        if sws is not None and (isinstance(sws, bool) or not isinstance(sws, (int, float)) or sws <= 0):
+            raise ConfigError(f"shapelet_weight_softmax={sws!r} must be None (the raw gains) or a positive float")
+        if not (self.use_generic or self.use_class_specific):
+            raise ConfigError("use_generic=False and use_class_specific=False leave no branch; keep at least one")
         check_rate("dropout_rate", self.dropout_rate)
         for name in ("norm_epsilon", "max_ci"):
             v = getattr(self, name)
@@ -157,6 +196,65 @@ def shapelet_filter(x, valid_len, values, lengths, channels, starts, *, window: 
     return best, best_dist, pos
 
 
+class ShapeFormerAttention(nn.Module):
+    """The authors' `Models/Attention.py` `Attention`: query/key/value projections without biases, scores
+    scaled by 1/sqrt(embedding size) (not the head size), softmax, heads concatenated and a LayerNorm in
+    place of an output projection. (Their module holds a dropout it never applies.) `mask` (True =
+    attend, broadcastable to [B, heads, T, T]) hides padded keys; the authors' series have no padding."""
+    num_heads: int
+    norm_epsilon: float = 1e-5
+    attention_impl: Optional[str] = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, mask=None):
+        d = x.shape[-1]
+        proj = lambda name: Dense((self.num_heads, d // self.num_heads), (axes.EMBED,), (axes.HEADS, axes.HEAD_DIM),
+                                  use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)
+        out = dot_product_attention(q, k, v, mask=mask, scale=d ** -0.5, implementation=self.attention_impl)
+        out = out.reshape(x.shape[:-1] + (d,))
+        return LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="out_norm")(out)
+
+
+class ShapeFormerLayer(nn.Module):
+    """One post-LN encoder layer as both of the authors' branches write it out:
+        h = LN1((x + Attn(attn_in)) * w);  out = LN2(h + FFN(h)) * w
+    attn_in is x, or (generic branch) x + positions; w the per-token shapelet weights [S] (None: 1).
+    FFN = Linear -> act -> Dropout -> Linear -> Dropout."""
+    config: ShapeFormerConfig
+    dim: int
+
+    @nn.compact
+    def __call__(self, x, attn_in, *, mask=None, weights=None, deterministic: bool = True):
+        cfg = self.config
+        kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+        if cfg.attention == "authors":
+            a = ShapeFormerAttention(cfg.num_heads, norm_epsilon=cfg.norm_epsilon, attention_impl=cfg.attention_impl,
+                                     name="attention", **kw)(attn_in, mask=mask)
+        else:
+            a = MultiHeadAttention(num_heads=cfg.num_heads, head_dim=self.dim // cfg.num_heads, use_bias=True,
+                                   dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl, name="attention",
+                                   **kw)(attn_in, mask=mask, deterministic=deterministic)
+        scale = (lambda y: y) if weights is None else (lambda y: y * weights[None, :, None].astype(y.dtype))
+        h = LayerNorm(epsilon=cfg.norm_epsilon, name="attention_norm", **kw)(scale(x + a))
+        f = Dense(cfg.mlp_dim, (axes.EMBED,), (axes.MLP,), name="mlp_in", **kw)(h)
+        f = Dropout(cfg.dropout_rate)(activation_fn(cfg.activation)(f), deterministic=deterministic)
+        f = Dense(self.dim, (axes.MLP,), (axes.EMBED,), name="mlp_out", **kw)(f)
+        f = Dropout(cfg.dropout_rate)(f, deterministic=deterministic)
+        return scale(LayerNorm(epsilon=cfg.norm_epsilon, name="mlp_norm", **kw)(h + f))
+
+
+def initial_shapelet_weights(gains, softmax_scale: Optional[float]) -> np.ndarray:
+    """The shapelet weights' initial values: S * softmax(scale * gains) (the authors' main.py), or the gains."""
+    g = np.asarray(gains, np.float64)
+    if softmax_scale is None or not g.size:
+        return g.astype(np.float32)
+    e = np.exp(softmax_scale * (g - g.max()))
+    return (len(g) * e / e.sum()).astype(np.float32)
+
+
 class ShapeFormer(nn.Module):
     """batch {'inputs': float[B, T, C], 'mask'?: bool[B, T]} -> logits float32[B, num_classes]."""
     config: ShapeFormerConfig
@@ -168,21 +266,18 @@ class ShapeFormer(nn.Module):
         dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
         det = not train
         x = jnp.where(valid[..., None], x.astype(dtype), 0)
-        features = [self._generic(x, valid, det)]
-        if cfg.num_shapelets:
-            features.insert(0, self._class_specific(x, valid, det))
+        features = []
+        if cfg.use_class_specific and cfg.num_shapelets:
+            features.append(self._class_specific(x, valid, det))
+        if cfg.use_generic:
+            features.append(self._generic(x, valid, det))
+        if not features:  # shapelets are filled from the data after the config is parsed, so checked here
+            raise ValueError("shapeformer: use_generic=False needs shapelets (the class-specific branch), and the "
+                             "config has none")
         h = jnp.concatenate(features, axis=-1)
         logits = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dtype, param_dtype=pdtype,
                        name="head")(h)
         return nn.with_logical_constraint(logits, (axes.ACT_BATCH, None)).astype(jnp.float32)
-
-    def _block(self, d, name):
-        cfg = self.config
-        return TransformerBlock(num_heads=cfg.num_heads, head_dim=d // cfg.num_heads, mlp_dim=cfg.mlp_dim,
-                                norm="layernorm", norm_position="post", norm_epsilon=cfg.norm_epsilon,
-                                activation=cfg.activation, use_bias=True, dropout_rate=cfg.dropout_rate,
-                                attention_impl=cfg.attention_impl, dtype=cfg.compute_dtype,
-                                param_dtype=cfg.params_dtype, name=name)
 
     def _generic(self, x, valid, det):
         cfg = self.config
@@ -200,10 +295,16 @@ class ShapeFormer(nn.Module):
                   name="channel_conv")(h)
         h = nn.gelu(LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="channel_norm")(h),
                     approximate=False)
+        # The authors' LearnablePositionalEncoding: U(-0.02, 0.02), then dropout; its output is the attention's
+        # input only, the residual stream stays the convolution features.
         pos = param_with_axes(self, "positions", nn.initializers.uniform(0.04), (cfg.max_len, d),
                               (axes.LENGTH, axes.EMBED), pdtype)
-        h = h + (pos[:t].astype(dtype) - 0.02)
-        h = self._block(d, "generic_block")(h, mask=valid[:, None, None, :], deterministic=det)
+        with_pos = h + (pos[:t].astype(dtype) - 0.02)
+        if cfg.position_in_residual:
+            h = attn_in = with_pos
+        else:
+            attn_in = Dropout(cfg.dropout_rate)(with_pos, deterministic=det)
+        h = ShapeFormerLayer(cfg, d, name="generic_block")(h, attn_in, mask=valid[:, None, None, :], deterministic=det)
         return pool(h, "mean", valid)
 
     def _class_specific(self, x, valid, det):
@@ -230,42 +331,20 @@ class ShapeFormer(nn.Module):
                                pdtype)
         tok = (jnp.einsum("bsl,sld->bsd", best, w_win.astype(dtype)) + b_win.astype(dtype)
                - (jnp.einsum("sl,sld->sd", values, w_sh.astype(dtype)) + b_sh.astype(dtype))[None])
-        # Position embeddings of (channel, start, end) (the authors' one-hot vectors through Linear layers).
+        # Position embeddings of (channel, start, end): the authors' one-hot vectors through three Linear
+        # layers = three table lookups plus (the sum of their biases) one shared bias.
         emb = lambda name, n: param_with_axes(self, name, nn.initializers.normal(0.02), (n, d),
                                               (None, axes.EMBED), pdtype).astype(dtype)
+        pos_bias = param_with_axes(self, "position_bias", nn.initializers.zeros, (d,), (axes.EMBED,), pdtype)
         tok = tok + (emb("channel_embed", cfg.num_channels)[channels] + emb("start_embed", cfg.max_len)[starts]
-                     + emb("end_embed", cfg.max_len + 1)[starts + lengths])[None]
-        sw = jnp.asarray(cfg.shapelet_weights, dtype) + param_with_axes(
-            self, "shapelet_weight_offsets", nn.initializers.zeros, (s_count,), (None,), pdtype).astype(dtype)
-        # One post-LN layer, attention and FFN outputs scaled per token by the shapelet weights.
-        h = _weighted_post_ln(cfg, d, sw, "shapelet_block")(tok, deterministic=det)
+                     + emb("end_embed", cfg.max_len + 1)[starts + lengths] + pos_bias.astype(dtype))[None]
+        sw = jnp.asarray(initial_shapelet_weights(cfg.shapelet_weights, cfg.shapelet_weight_softmax), dtype) + \
+            param_with_axes(self, "shapelet_weight_offsets", nn.initializers.zeros, (s_count,), (None,),
+                            pdtype).astype(dtype)
+        # Shapelet tokens attend to each other in full (no position enters the attention apart from the
+        # embeddings above, added to the tokens themselves as the authors do); the FIRST token is kept.
+        h = ShapeFormerLayer(cfg, d, name="shapelet_block")(tok, tok, weights=sw, deterministic=det)
         return h[:, 0]
-
-
-class _WeightedLayerNorm(LayerNorm):
-    """LayerNorm with the shapelet weights [S] applied per token: to its input (`before`) or output."""
-    weights: Any = None
-    before: bool = True
-
-    def __call__(self, x):
-        w = self.weights[None, :, None]
-        return super().__call__(x * w) if self.before else super().__call__(x) * w
-
-
-def _weighted_post_ln(cfg: ShapeFormerConfig, dim: int, weights: jax.Array, name: str) -> Block:
-    """The class-specific layer: x <- LN(w * (x + Attn(x))); x <- LN(x + FFN(x)) * w (the authors' order of
-    scaling and norms), a post-norm Block whose two norms apply the shapelet weights."""
-    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
-    return Block(
-        token_mixer=functools.partial(MultiHeadAttention, num_heads=cfg.num_heads, head_dim=dim // cfg.num_heads,
-                                      use_bias=True, dropout_rate=cfg.dropout_rate,
-                                      attention_impl=cfg.attention_impl, **kw),
-        channel_mixer=functools.partial(MLP, cfg.mlp_dim, activation=cfg.activation, use_bias=True,
-                                        dropout_rate=cfg.dropout_rate, **kw),
-        norm=lambda name: _WeightedLayerNorm(epsilon=cfg.norm_epsilon, weights=weights,
-                                             before=name.startswith("attention"), name=name, **kw),
-        norm_position="post", channel_dropout_rate=cfg.dropout_rate, token_mixer_name="attention",
-        channel_mixer_name="mlp", name=name, **kw)
 
 
 register("shapeformer", ShapeFormerConfig, ShapeFormer)

@@ -1,15 +1,17 @@
 """ShapeFormer and its data-side shapelet discovery: PIP selection, best-match distances, information
-gain and the model's shapelet filter against brute-force numpy; padding invariance."""
+gain and the model's shapelet filter against brute-force numpy; the encoder layer (the authors' attention)
+against a numpy transcription of their PyTorch code; where the position enters; padding invariance."""
 from __future__ import annotations
 
 import functools
 
+import flax.linen
 import jax
 import numpy as np
 import pytest
 
 from fintrans.data import shapelets as sh
-from fintrans.models.shapeformer import shapelet_filter
+from fintrans.models.shapeformer import ShapeFormer, ShapeFormerLayer, initial_shapelet_weights, shapelet_filter
 from model_cases import built, jit
 
 
@@ -155,3 +157,114 @@ def test_config_without_shapelets_is_the_generic_branch_alone():
     assert nn.unbox(variables)["params"]["head"]["kernel"].shape == (cfg.generic_embed_dim, cfg.num_classes)
     with pytest.raises(ValueError, match="shapelet_weights"):
         b.config.replace(shapelet_weights=(0.5,))
+
+
+def _layer_norm(x, gamma, beta, eps=1e-5):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * gamma + beta
+
+
+def _authors_attention(x, p, num_heads):
+    """Models/Attention.py Attention.forward, line by line (torch's Linear is x @ W.T; W.T is our kernel)."""
+    emb_size = x.shape[-1]
+    scale = emb_size ** -0.5
+    batch_size, seq_len, _ = x.shape
+    kernel = lambda name: p[name]["kernel"].reshape(emb_size, emb_size)
+    k = (x @ kernel("key")).reshape(batch_size, seq_len, num_heads, -1).transpose(0, 2, 3, 1)
+    v = (x @ kernel("value")).reshape(batch_size, seq_len, num_heads, -1).transpose(0, 2, 1, 3)
+    q = (x @ kernel("query")).reshape(batch_size, seq_len, num_heads, -1).transpose(0, 2, 1, 3)
+    attn = np.matmul(q, k) * scale
+    attn = np.exp(attn - attn.max(-1, keepdims=True))
+    attn = attn / attn.sum(-1, keepdims=True)
+    out = np.matmul(attn, v)
+    out = out.transpose(0, 2, 1, 3)
+    out = out.reshape(batch_size, seq_len, -1)
+    return _layer_norm(out, p["out_norm"]["scale"], p["out_norm"]["bias"])  # self.to_out = nn.LayerNorm(emb_size)
+
+
+def _authors_layer(x, attn_in, p, num_heads, sw):
+    """Models/shapeformer.py Shapeformer.forward, the global (shapelet) branch's lines; sw = 1 gives the
+    local branch's (local_att = local_x + attention(x_src_pos) ... local_ln2)."""
+    relu = lambda z: np.maximum(z, 0)
+    ff = lambda z: relu(z @ p["mlp_in"]["kernel"] + p["mlp_in"]["bias"]) @ p["mlp_out"]["kernel"] + p["mlp_out"]["bias"]
+    global_att = x + _authors_attention(attn_in, p["attention"], num_heads)
+    global_att = global_att * sw[None, :, None]
+    global_att = _layer_norm(global_att, p["attention_norm"]["scale"], p["attention_norm"]["bias"])
+    global_out = global_att + ff(global_att)
+    global_out = _layer_norm(global_out, p["mlp_norm"]["scale"], p["mlp_norm"]["bias"])
+    return global_out * sw[None, :, None]
+
+
+@pytest.mark.parametrize("batch,length,dim,heads", [(2, 5, 8, 2), (3, 7, 12, 3), (1, 4, 16, 4)])
+def test_layer_matches_the_authors_pytorch(batch, length, dim, heads):
+    rng = np.random.default_rng(dim)
+    cfg = built("shapeformer").config.replace(num_heads=heads, shape_embed_dim=dim, generic_embed_dim=dim,
+                                               mlp_dim=2 * dim)
+    layer = ShapeFormerLayer(cfg, dim)
+    x, attn_in = (rng.normal(size=(batch, length, dim)).astype(np.float32) for _ in range(2))
+    sw = rng.uniform(0.2, 2.0, size=length).astype(np.float32)
+    shapes = jax.eval_shape(layer.init, jax.random.PRNGKey(0), x, attn_in, weights=sw)
+    params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32) * 0.5,
+                          flax.linen.unbox(shapes))  # random norms' scales and biases too
+    got = jit(lambda p, x, a, w: layer.apply(p, x, a, weights=w))(params, x, attn_in, sw)
+    want = _authors_layer(x.astype(np.float64), attn_in.astype(np.float64),
+                          jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"]), heads, sw)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+    no_weights = jit(lambda p, x, a: layer.apply(p, x, a))(params, x, attn_in)
+    np.testing.assert_allclose(no_weights, _authors_layer(x, attn_in, params["params"], heads, np.ones(length)),
+                               rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("in_residual", [False, True])
+def test_generic_position_enters_the_attention_input_only(in_residual):
+    """The authors: local_att = local_x + attention(local_x + pe); position_in_residual=True adds pe to both."""
+    b = built("shapeformer")
+    cfg = b.config.replace(position_in_residual=in_residual)
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, ShapeFormerLayer) and context.module.name == "generic_block":
+            seen.append((np.asarray(args[0]), np.asarray(args[1])))
+        return next_fun(*args, **kwargs)
+
+    params = jax.tree.map(np.asarray, b.params)
+    for shift in (0.0, 1.0):  # the same model with its positions moved by `shift`
+        p = {"params": {**params["params"], "positions": params["params"]["positions"] + shift}}
+        with flax.linen.intercept_methods(record):
+            ShapeFormer(cfg).apply(p, b.batch)
+    (x0, a0), (x1, a1) = seen
+    pos = params["params"]["positions"][None, :b.batch["inputs"].shape[1]] - 0.02
+    np.testing.assert_allclose(a1 - a0, 1.0, atol=1e-5)  # the attention input carries the positions
+    if in_residual:
+        np.testing.assert_array_equal(x0, a0)
+        np.testing.assert_allclose(x1 - x0, 1.0, atol=1e-5)
+    else:
+        np.testing.assert_allclose(a0 - x0, np.broadcast_to(pos, x0.shape), atol=1e-5)
+        np.testing.assert_array_equal(x0, x1)  # the residual stream never sees the positions
+
+
+def test_initial_shapelet_weights_and_dropped_branches():
+    g = np.array([0.1, 0.3, 0.2])
+    w = initial_shapelet_weights(g, 20.0)
+    np.testing.assert_allclose(w, 3 * np.exp(20 * g) / np.exp(20 * g).sum(), rtol=1e-6)
+    np.testing.assert_allclose(initial_shapelet_weights(g, None), g, rtol=1e-6)
+    b = built("shapeformer")
+    for flags, present, absent, width in ((dict(use_class_specific=False), "generic_block", "shapelet_block",
+                                           b.config.generic_embed_dim),
+                                          (dict(use_generic=False), "shapelet_block", "generic_block",
+                                           b.config.shape_embed_dim)):
+        names = set(flax.linen.unbox(jax.eval_shape(ShapeFormer(b.config.replace(**flags)).init,
+                                                    jax.random.PRNGKey(0), b.batch))["params"])
+        assert present in names and absent not in names
+    standard = flax.linen.unbox(jax.eval_shape(ShapeFormer(b.config.replace(attention="standard")).init,
+                                               jax.random.PRNGKey(0), b.batch))["params"]
+    assert "out" in standard["generic_block"]["attention"] and "out_norm" not in standard["generic_block"]["attention"]
+    assert "bias" in standard["shapelet_block"]["attention"]["query"]
+    with pytest.raises(ValueError, match="no branch"):
+        b.config.replace(use_generic=False, use_class_specific=False)
+    no_shapelets = b.config.replace(use_generic=False, shapelets=(), shapelet_channels=(), shapelet_starts=(),
+                                    shapelet_weights=())
+    with pytest.raises(ValueError, match="needs shapelets"):
+        jax.eval_shape(ShapeFormer(no_shapelets).init, jax.random.PRNGKey(0), b.batch)
+    with pytest.raises(ValueError, match="shapelet_weight_softmax"):
+        b.config.replace(shapelet_weight_softmax=-1.0)
