@@ -29,6 +29,9 @@ from typing import Sequence
 import numpy as np
 
 CI_EPS = 1e-3
+# The discovery code's version: the UEA builders cache discovered shapelets under it (fitted.FittedCache),
+# so bump it whenever a change here changes which shapelets are found.
+CODE_VERSION = 1
 
 
 def pip_order(ts: np.ndarray, num_pips: int) -> list[int]:

@@ -260,7 +260,8 @@ def read(records: Mapping[str, Sequence[Mapping[str, Any]]], fields: Mapping[str
             "mean": np.asarray(stats["mean"]).astype(np.float32), "std": np.asarray(stats["std"]).astype(np.float32)}
     if fields.get("shapelets") is not None:
         params = fields["shapelets"]
-        found = fitted.get("shapelets", params, lambda: fit_shapelets(records["train"], params))
+        found = fitted.get("shapelets", params, lambda: fit_shapelets(records["train"], params),
+                            code=shapelets.CODE_VERSION)
         info["shapelets"] = {k: _as_tuples(v) for k, v in found.items()}
     return Loaded(sources=sources, info=info)
 
