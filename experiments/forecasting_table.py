@@ -428,7 +428,7 @@ def main(argv):
     flags_used = [f"--data={','.join(DATA.value)}", f"--horizons={','.join(HORIZONS.value)}",
                   f"--models={','.join(MODELS.value)}", f"--norms={','.join(NORMS.value)}",
                   f"--seeds={','.join(SEEDS.value)}"] + (["--quick"] if QUICK_FLAG.value else [])
-    flags_used += ["--report_only"] if REPORT_ONLY.value else []
+    # Not --report_only: the printed command is the one that reproduces the runs (it trains what is missing).
     command = " ".join(["python -m experiments.forecasting_table", *flags_used, f"--output={OUTPUT.value}"])
     days = {d: test_days(d, grid["horizons"][0]) for d in DATA.value}
     output = Path(OUTPUT.value)
