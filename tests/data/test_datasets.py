@@ -25,8 +25,9 @@ def _one_batch(ds, split="train", batch_size=8, **kw):
 
 
 def test_names():
-    assert fd.names() == ["basic_motions", "chars", "digits", "finai_sentences", "japanese_vowels", "patient_visits",
-                          "seattle_weather", "sp500", "stocks", "synthetic_scenes"]
+    assert fd.names() == ["arrow_head", "basic_motions", "chars", "digits", "finai_sentences", "japanese_vowels",
+                          "osu_leaf", "patient_visits", "seattle_weather", "sp500", "stocks", "synthetic_events",
+                          "synthetic_scenes"]
 
 
 def test_no_tensorflow_is_imported(load):
