@@ -42,7 +42,9 @@ def get_config(arg=None):
     c.data.buckets = int(bool(arg.buckets))
     sizes = dict(seq_len=pv.HISTORY_LEN, num_features=pv.NUM_FEATURES, num_classes=pv.NUM_CLASSES,
                  num_summaries=pv.NUM_SUMMARIES, mode=mode)
-    c.model = model_fields("sansformer", embed_dim=64, hidden_dim=128, num_layers=4, dropout_rate=0.1, **sizes)
+    # The authors' proportions (res/gate 2x, FFN 4x the width); their MIMIC model is 256 wide, 6 layers deep.
+    c.model = model_fields("sansformer", embed_dim=64, hidden_dim=128, mlp_dim=256, num_layers=4, dropout_rate=0.1,
+                           **sizes)
     c.batch_size = 64
     c.eval_batch_size = 128
     c.total_steps = 3000
@@ -56,7 +58,7 @@ def get_config(arg=None):
     if arg.pretrained:
         c.init_from, c.init_from_keep_fresh = arg.pretrained, HEAD
     if arg.runlocal:
-        c.model = model_fields("sansformer", embed_dim=32, hidden_dim=64, num_layers=2, **sizes)
+        c.model = model_fields("sansformer", embed_dim=32, hidden_dim=64, mlp_dim=128, num_layers=2, **sizes)
         c.total_steps = 300
         c.optimizer.learning_rate = 3e-3
         c.optimizer.warmup_steps = 30

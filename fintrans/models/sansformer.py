@@ -5,22 +5,29 @@ with Generative Summary Pretraining (GSP) and then fine-tuned for the downstream
 Visit embedding: each visit's feature vector (multi-hot diagnosis/procedure codes plus scaled age and time
 gap; `fintrans.data.builders.patient_visits`) goes through a linear map (= the sum of the embeddings of its
 codes plus a projection of the numeric features).
-Block (pre-norm, residual), with h = `hidden_dim`:
-    z = GELU(W_in · LN(x))            [L, 2h], split into res and gate (each [L, h])
-    gate = W_T · LN(gate) + b_T        causal token mixing: W_T [L, L] with its upper triangle masked
-                                       (visit t mixes visits ≤ t only), initialised ≈ 0 (U(±ε), ε = 1e-3/L)
-                                       and b_T = 1, so a fresh block starts as a plain channel MLP
-    x = x + Dropout(W_out · (res ⊙ gate))
-This is gMLP's spatial gating unit made causal, which the paper adapts to EHR sequences.
 
-mode='gsp' (Generative Summary Pretraining): a linear head at every visit t gives the log Poisson rates of
+Layer (block='authors', the default: the authors' SansformerLayer and the residual their model puts around it),
+with h = `hidden_dim` (theirs: 2·embed_dim) and f = `mlp_dim` (theirs: 4·embed_dim):
+    u = LN_{T,E}(x)                    a layer norm over visits and channels jointly, no affine
+    z = GELU(GELU(W_in · LN_a(u)))     [L, 2h], split into res and gate (GELU twice, as their code: their
+                                       W_in is Linear+GELU and the unit applies its activation again)
+    gate = W_T · LN_b(gate) + b_T      causal token mixing: W_T [L, L] with its upper triangle masked (visit t
+                                       mixes visits <= t only), initialised ~ 0 (U(+-eps), eps = 1e-3/L), b_T = 1
+    s = LN_c(W_out · (res * gate))     the spatial gating unit's output, post-normed
+    x = x + LN_d(s + FFN(s))           FFN: Linear(f), GELU, dropout, Linear, dropout
+This is gMLP's spatial gating unit made causal, which the paper adapts to EHR sequences. block='gmlp' (an
+option kept from before) is one pre-norm residual unit, x = x + Dropout(W_out · (res * gate)) with
+gate = W_T · LN(gate) + b_T, res and gate from a single GELU, no FFN and no post-norms.
+
+mode='gsp' (Generative Summary Pretraining): the head at every visit t gives the log Poisson rates of
 the summary statistics of the year after visit t (`patient_visits.window_summaries`: the number of visits in
 (day_t, day_t + 365], then the number of diagnosis codes of each chapter those visits carry), outputs
 [B, L, num_summaries]; count_regression task (Poisson NLL). Causal mixing keeps output t from seeing later
 visits. mode='regress' (fine-tuning, the paper's downstream task): the patient vector (readout='pool', the
-authors': mean + GELU(max) over the visits after the final LN; 'last': the last visit's vector) -> linear head
--> log rate [B] of the number of visits in the next year; count_regression task. mode='classify' (an option
-kept from before): the same patient vector -> logits [B, num_classes] of the count's three buckets. The modes
+authors': mean + GELU(max) over the visits; 'last': the last visit's vector) -> head (the authors' LayerNorm
+then linear; block='gmlp': a final LayerNorm before the readout and a linear head) -> log rate [B] of the
+number of visits in the next year; count_regression task. mode='classify' (an option kept from before): the
+same patient vector -> logits [B, num_classes] of the count's three buckets. The modes
 share every parameter but the one named HEAD, so fine-tuning starts from a GSP run with the trainer's warm start
 (config.init_from = the GSP run's workdir, config.init_from_keep_fresh = HEAD;
 experiments/configs/sansformer_visits.py's `pretrained=`).
@@ -28,17 +35,17 @@ experiments/configs/sansformer_visits.py's `pretrained=`).
 Sources: the paper (GSP predicts summary statistics of a future window; the downstream task is the count of
 visits in the next year) and the authors' public code (github.com/ykumards/sansformers: the MIMIC-IV
 mortality model only; it has neither GSP nor the count regression). Differences from that code:
-- Block: theirs is x + LN2(y + FFN(y)) with y = LN1(SGU(LN_{T,E}(x))) (LN_{T,E}: a layer norm over visits and
-  channels jointly, no affine), the SGU with its own input LN, a 4x channel expansion (res and gate 2·d each),
-  GELU applied twice (Linear+GELU, then GELU again), and an FFN (d -> 4d -> d, GELU, dropout). Ours is one
-  pre-norm residual SGU (x + Dropout(SGU(LN(x)))), hidden_dim wide, one GELU, no FFN and no post-norms.
 - Token mixing: theirs is a 200 x 200 weight sliced to the sequence (init eps = 1e-3 / 200); ours is
   seq_len x seq_len with eps = 1e-3 / seq_len.
 - Visit embedding: theirs sums learned code embeddings (codes, procedures, drugs, service, admission type,
   insurance, marital status) plus sinusoidal encodings of the visit index and of the cumulative time (15-day
   units), layer-normed, then concatenates demographics; ours is a linear map of the multi-hot codes and the
   scaled age and log gap (= summed code embeddings plus a projection), no positional or time encoding.
-- Padding: theirs pools over padded visits too; our histories have a fixed length, so there is none.
+- Padding: theirs pools (and layer-norms over visits) padded visits too; our histories have a fixed length, so
+  there is none.
+- GSP head (their code has no GSP): the same LayerNorm-then-linear head as the regression, at every visit.
+- Dropout: their config uses 0.3 in the FFN; ours defaults to 0 (`dropout_rate`, which also drops the visit
+  embeddings; the experiment config sets it).
 - Their optimiser is RAdam (betas 0.9, 0.99) with a one-cycle schedule and gradient-value clipping; ours is
   the trainer's AdamW with warmup and cosine decay.
 Differences from the paper: the GSP window (one year after each visit), the statistics (visit count and
@@ -56,11 +63,12 @@ import jax
 import jax.numpy as jnp
 
 from fintrans import axes
-from fintrans.layers import Block, Dense, LayerNorm, Stack, param_with_axes
+from fintrans.layers import MLP, Block, Dense, Dropout, LayerNorm, Stack, param_with_axes
 from fintrans.models import register
 from fintrans.models.config import ConfigError, ModelConfig, check_choice, check_positive, check_rate
 
 MODES = ("regress", "gsp", "classify")
+BLOCKS = ("authors", "gmlp")
 READOUTS = ("pool", "last")
 HEAD = "head"  # the only parameters the GSP and fine-tuning models do not share
 
@@ -73,8 +81,10 @@ class SANSformerConfig(ModelConfig):
     num_classes: int = 3  # mode='classify'
     num_summaries: int = 7  # mode='gsp': summary statistics per visit (patient_visits.NUM_SUMMARIES)
     embed_dim: int = 64
-    hidden_dim: int = 128  # width of res and gate in each block
+    hidden_dim: int = 128  # width of res and gate in each block (the authors': 2 * embed_dim)
+    mlp_dim: int = 256  # block='authors': the FFN's hidden width (the authors': 4 * embed_dim)
     num_layers: int = 2
+    block: str = "authors"  # 'authors': their SansformerLayer; 'gmlp': one pre-norm residual gating unit
     mode: str = "regress"
     readout: str = "pool"  # regress/classify: 'pool' = mean + GELU(max) over visits (the authors'); 'last' visit
     norm_epsilon: float = 1e-5
@@ -82,9 +92,10 @@ class SANSformerConfig(ModelConfig):
 
     def validate(self):
         for name in ("seq_len", "num_features", "num_classes", "num_summaries", "embed_dim", "hidden_dim",
-                     "num_layers"):
+                     "mlp_dim", "num_layers"):
             check_positive(name, getattr(self, name))
         check_choice("mode", self.mode, MODES)
+        check_choice("block", self.block, BLOCKS)
         check_choice("readout", self.readout, READOUTS)
         check_rate("dropout_rate", self.dropout_rate)
         if not isinstance(self.norm_epsilon, (int, float)) or self.norm_epsilon <= 0:
@@ -109,9 +120,11 @@ class CausalTokenMixing(nn.Module):
 
 
 class CausalGatingUnit(nn.Module):
-    """The SANS block's token mixer: GELU(W_in·x) split into res and gate, gate <- causal token mixing of
-    LN(gate), out = W_out·(res ⊙ gate). The block around it adds the pre-norm, dropout and residual."""
+    """The SANS token mixer: GELU(W_in·x) split into res and gate, gate <- causal token mixing of LN(gate),
+    out = W_out·(res ⊙ gate); `double_gelu` applies the GELU twice, as the authors' code. The layer around it
+    adds the norms, dropout and residual."""
     config: SANSformerConfig
+    double_gelu: bool = False
 
     @nn.compact
     def __call__(self, z, *, deterministic: bool = True):
@@ -119,11 +132,55 @@ class CausalGatingUnit(nn.Module):
         dt, pdt = cfg.compute_dtype, cfg.params_dtype
         z = jax.nn.gelu(Dense((2, cfg.hidden_dim), (axes.EMBED,), (None, axes.MLP), dtype=dt, param_dtype=pdt,
                               name="w_in")(z), approximate=False)
+        if self.double_gelu:
+            z = jax.nn.gelu(z, approximate=False)
         res, gate = z[..., 0, :], z[..., 1, :]
         gate = LayerNorm(cfg.norm_epsilon, dtype=dt, param_dtype=pdt, name="gate_norm")(gate)
         gate = CausalTokenMixing(cfg.seq_len, dt, pdt, name="token_mixing")(gate)
         y = nn.with_logical_constraint(res * gate, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
         return Dense(cfg.embed_dim, (axes.MLP,), (axes.EMBED,), dtype=dt, param_dtype=pdt, name="w_out")(y)
+
+
+def joint_layer_norm(x: jax.Array, epsilon: float) -> jax.Array:
+    """LayerNorm over visits and channels jointly (the last two axes), no affine: torch's
+    F.layer_norm(x, [T, E]), which the authors' model applies before every layer."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean((-2, -1), keepdims=True)
+    var = jnp.square(xf - mean).mean((-2, -1), keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + epsilon)).astype(x.dtype)
+
+
+class AuthorsLayer(nn.Module):
+    """block='authors': x + LN_d(s + FFN(s)), s = LN_c(SGU(LN_a(LN_{T,E}(x)))) (the module docstring)."""
+    config: SANSformerConfig
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool = True):
+        cfg = self.config
+        dt, pdt = cfg.compute_dtype, cfg.params_dtype
+        norm = lambda name: LayerNorm(cfg.norm_epsilon, dtype=dt, param_dtype=pdt, name=name)
+        u = norm("unit_norm")(joint_layer_norm(x, cfg.norm_epsilon))
+        s = norm("gating_norm")(CausalGatingUnit(cfg, double_gelu=True, name="gating")(u))
+        y = MLP(cfg.mlp_dim, dropout_rate=cfg.dropout_rate, dtype=dt, param_dtype=pdt, name="mlp")(
+            s, deterministic=deterministic)
+        y = Dropout(cfg.dropout_rate, axes=(axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))(
+            y, deterministic=deterministic)
+        return x + norm("out_norm")(s + y)
+
+
+class Head(nn.Module):
+    """block='authors': the authors' output head, LayerNorm then linear, on the patient vector (or, for GSP,
+    on every visit's vector)."""
+    features: int
+    out_axis: str | None
+    config: SANSformerConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dt, pdt = cfg.compute_dtype, cfg.params_dtype
+        x = LayerNorm(cfg.norm_epsilon, dtype=dt, param_dtype=pdt, name="norm")(x)
+        return Dense(self.features, (axes.EMBED,), (self.out_axis,), dtype=dt, param_dtype=pdt, name="dense")(x)
 
 
 class SANSformer(nn.Module):
@@ -144,24 +201,27 @@ class SANSformer(nn.Module):
         x = Dense(cfg.embed_dim, (axes.CHANNELS,), (axes.EMBED,), dtype=dt, param_dtype=pdt,
                   name="visit_embed")(x.astype(dt))
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)
-        # Pre-norm blocks with the gating unit as token mixer and no channel mixer.
-        block = functools.partial(Block, token_mixer=functools.partial(CausalGatingUnit, cfg), norm="layernorm",
-                                  norm_epsilon=cfg.norm_epsilon, token_dropout_rate=cfg.dropout_rate,
-                                  token_mixer_name="gating", dtype=dt, param_dtype=pdt)
-        x = Stack(block, cfg.num_layers, name="blocks")(x, deterministic=not train)
-        x = LayerNorm(cfg.norm_epsilon, dtype=dt, param_dtype=pdt, name="final_norm")(x)
+        if cfg.block == "authors":
+            x = Stack(functools.partial(AuthorsLayer, cfg), cfg.num_layers, name="blocks")(x, deterministic=not train)
+            head = lambda features, out_axis: Head(features, out_axis, cfg, name=HEAD)
+        else:  # pre-norm blocks with the gating unit as token mixer and no channel mixer
+            block = functools.partial(Block, token_mixer=functools.partial(CausalGatingUnit, cfg), norm="layernorm",
+                                      norm_epsilon=cfg.norm_epsilon, token_dropout_rate=cfg.dropout_rate,
+                                      token_mixer_name="gating", dtype=dt, param_dtype=pdt)
+            x = Stack(block, cfg.num_layers, name="blocks")(x, deterministic=not train)
+            x = LayerNorm(cfg.norm_epsilon, dtype=dt, param_dtype=pdt, name="final_norm")(x)
+            head = lambda features, out_axis: Dense(features, (axes.EMBED,), (out_axis,), dtype=dt, param_dtype=pdt,
+                                                    name=HEAD)
         if cfg.mode == "gsp":  # log-rates of the summaries of the window after every visit (causal)
-            return Dense(cfg.num_summaries, (axes.EMBED,), (axes.CHANNELS,), dtype=dt, param_dtype=pdt,
-                         name=HEAD)(x).astype(jnp.float32)
+            return head(cfg.num_summaries, axes.CHANNELS)(x).astype(jnp.float32)
         if cfg.readout == "pool":  # the authors' patient vector: mean + GELU(max) over the visits
             patient = jnp.mean(x, axis=1) + jax.nn.gelu(jnp.max(x, axis=1), approximate=False)
         else:
             patient = x[:, -1]
         if cfg.mode == "regress":  # the log of the next-year visit count's Poisson rate
-            out = Dense(1, (axes.EMBED,), (None,), dtype=dt, param_dtype=pdt, name=HEAD)(patient)[:, 0]
+            out = head(1, None)(patient)[:, 0]
         else:
-            out = Dense(cfg.num_classes, (axes.EMBED,), (axes.CLASSES,), dtype=dt, param_dtype=pdt,
-                        name=HEAD)(patient)
+            out = head(cfg.num_classes, axes.CLASSES)(patient)
         return out.astype(jnp.float32)
 
 
