@@ -13,7 +13,7 @@ better validation loss (or at `MAX_STEPS`, the length of its learning-rate sched
 no stopping rule of its own, so a run trains in pieces (`max_steps_per_run`, resumed from its
 checkpoint) up to the step where stopping would trigger if nothing improved. The parameters of the best
 validation evaluation are scored once on the test split, and every test window's MSE and MAE is kept
-(WORKDIR/errors/RUN.npz) for the intervals: block bootstrap over test windows and seeds
+(WORKDIR/errors/RUN.npz) for the intervals: circular block bootstrap over test windows and seeds
 (experiments/claims/common.py), blocks of `horizon` windows, because windows that many steps apart
 forecast disjoint target days (nearer ones share targets, so their errors move together).
 
@@ -332,9 +332,9 @@ def render(summary: dict, command: str, days: dict, settings: dict) -> str:
         f"(`LR_SWEEP`); every run trains to early stopping (validation every {settings['eval_every']} steps, "
         f"patience {settings['patience']} evaluations, at most {settings['max_steps']} steps) and its best "
         "validation parameters are scored once on test. Test MSE: mean over 3 seeds ± their std, then the "
-        "95% block-bootstrap interval of the mean (seeds and blocks of `horizon` consecutive test windows "
-        "resampled: windows closer than the horizon share target days; at horizon 96 a resample holds only 3-4 "
-        "blocks, so those intervals are rough and weigh the period's ends less than its middle). 'vs naive': the paired interval of "
+        "95% circular block-bootstrap interval of the mean (seeds and blocks of `horizon` consecutive test "
+        "windows resampled: windows closer than the horizon share target days; at horizon 96 a resample holds "
+        "only 3-4 blocks, so those intervals are rough). 'vs naive': the paired interval of "
         "the model's MSE minus naive's on the same windows; below 0 beats naive outside the noise. The "
         "transformers are narrower than in their papers (d_model 32, iTransformer 128) to train on a CPU.",
         "",

@@ -78,16 +78,19 @@ def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, **kw) -> tuple[float, floa
 
 
 def _block_indices(rng, n: int, block: int, num_resamples: int) -> np.ndarray:
-    """Moving-block bootstrap: ceil(n / block) random blocks of `block` consecutive windows."""
+    """Circular block bootstrap (Politis and Romano, 1992): ceil(n / block) blocks of `block` consecutive
+    windows, each starting anywhere and wrapping from the last window to the first, so every window is drawn
+    equally often (a moving-block bootstrap, whose blocks stop at the end, draws the first and last
+    block - 1 windows less often than the middle ones)."""
     block = max(1, min(block, n))
-    starts = rng.integers(0, n - block + 1, size=(num_resamples, -(-n // block)))
-    return (starts[..., None] + np.arange(block)).reshape(num_resamples, -1)[:, :n]
+    starts = rng.integers(0, n, size=(num_resamples, -(-n // block)))
+    return ((starts[..., None] + np.arange(block)) % n).reshape(num_resamples, -1)[:, :n]
 
 
 def block_bootstrap_ci(errors: np.ndarray, *, block: int, num_resamples: int = 2000, alpha: float = 0.05,
                        seed: int = 0) -> tuple[float, float, float]:
     """(mean, lo, hi) of the mean error over errors [seeds, windows]: each resample draws seeds with
-    replacement and moving blocks of `block` consecutive test windows."""
+    replacement and circular blocks of `block` consecutive test windows."""
     e = np.asarray(errors, np.float64)
     if e.ndim == 1:
         e = e[None]

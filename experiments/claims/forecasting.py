@@ -103,12 +103,12 @@ def claims(workdir: Path, grid: dict, summary: dict, finals: dict, *, num_resamp
         "other; early stopping on validation (every 25 steps, patience 4 evaluations, at most 1500 "
         "steps); 3 seeds; the best validation parameters scored once on test. Transformers are small "
         "(d_model 32; iTransformer 128) to train on shared CPUs. Each side of a comparison is the setting "
-        "with the lower mean validation MSE. Uncertainty: paired block bootstrap of the difference of mean "
-        "test MSE (1000 resamples; seeds of each side and blocks of `horizon` consecutive test windows, "
+        "with the lower mean validation MSE. Uncertainty: paired circular block bootstrap of the difference of "
+        "mean test MSE (1000 resamples; seeds of each side and blocks of `horizon` consecutive test windows, "
         "the same blocks for both). A cell supports the claim if the interval lies below 0. The test periods "
         "are short (stocks 406/334 windows, weather 269/197 at horizons 24/96), so at horizon 96 a "
-        "resample holds only 3-4 blocks: those intervals are rough, and a moving-block bootstrap draws the "
-        "period's first and last windows less often than the middle ones. All rows: "
+        "resample holds only 3-4 blocks, so those intervals are rough (the blocks are circular: every test "
+        "window is drawn equally often). All rows: "
         "experiments/results/forecasting.md.")
     out = {}
 

@@ -11,7 +11,7 @@ standardisation), shrunk to train on a shared CPU. Variants differ only in `posi
 MSFT 0.50 and the indices fall below), with 100 the target alone. Each trains 3 seeds with early stopping's
 model selection (best validation loss, config.best_metric) and is scored once on every test window, on the
 target channel only (the models with peers also forecast the peers; that is not scored). Errors are in
-train-standardised units. Uncertainty: seeds and moving blocks of `horizon` consecutive test windows
+train-standardised units. Uncertainty: seeds and circular blocks of `horizon` consecutive test windows
 (windows overlap, so errors are autocorrelated) in `block_bootstrap_ci`; differences by
 `paired_block_bootstrap_ci` on the same test windows. The floor is the naive forecast (every horizon step
 repeats the last input day).
@@ -191,7 +191,7 @@ def main(argv=None):
             "(`position_encoding`). Model selection: best validation loss, evaluated every "
             f"{cfg.eval_every} steps. Scores: "
             "target channel of every test window, standardised units. Seeds: "
-            f"{len(seeds)}; intervals: moving-block bootstrap (block {block} windows) over seeds and test windows; "
+            f"{len(seeds)}; intervals: circular block bootstrap (block {block} windows) over seeds and test windows; "
             "differences paired on the same windows."),
         results=(common.markdown_table(["model", "channels", "params", "test MSE (seed mean ± std; 95% CI)",
                                         "test MAE", "MSE / naive", "best step"], rows)

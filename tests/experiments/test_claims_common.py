@@ -29,6 +29,19 @@ def test_block_bootstrap_is_wider_than_iid_on_autocorrelated_errors():
     assert hi_blk - lo_blk > 2 * (hi_iid - lo_iid)
 
 
+def test_block_bootstrap_draws_every_window_equally_often():
+    # Circular blocks: the first and last windows are as likely as the middle ones (a moving-block bootstrap
+    # draws window 0 only from the block starting there, ~1/block as often as a middle window).
+    n, block = 50, 10
+    idx = common._block_indices(np.random.default_rng(0), n, block, 4000)
+    assert idx.shape == (4000, n) and idx.min() == 0 and idx.max() == n - 1
+    counts = np.bincount(idx.ravel(), minlength=n) / idx.size
+    np.testing.assert_allclose(counts, 1 / n, rtol=0.05)
+    # Each block is `block` consecutive windows (mod n).
+    steps = np.diff(idx.reshape(4000, -1, block), axis=-1) % n
+    assert np.all(steps == 1)
+
+
 def test_paired_interval_sees_a_small_shift_that_unpaired_noise_hides():
     rng = np.random.default_rng(2)
     shared = rng.normal(0, 1.0, (3, 400))         # the test set's own difficulty, the same for both models

@@ -19,7 +19,8 @@ from fintrans.models.sansformer import HEAD, AuthorsLayer, CausalTokenMixing, SA
 from fintrans.train import train_and_evaluate
 from model_cases import jit
 
-TINY = dict(seq_len=10, num_features=7, num_classes=3, num_summaries=4, embed_dim=16, hidden_dim=24, mlp_dim=32, num_layers=2)
+TINY = dict(seq_len=10, num_features=7, num_classes=3, num_summaries=4, embed_dim=16, hidden_dim=24, mlp_dim=32,
+            num_layers=2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,7 +64,8 @@ def _np_authors_layer(p, x):
     gate = np.einsum("ts,bsc->btc", w, gate) + g["token_mixing"]["bias"][None, :, None]  # conv1d over visits
     s = (res * gate) @ g["w_out"]["kernel"] + g["w_out"]["bias"]
     s = _np_layer_norm(s, p["gating_norm"])
-    ff = _np_gelu(s @ p["mlp"]["wi"]["kernel"] + p["mlp"]["wi"]["bias"]) @ p["mlp"]["wo"]["kernel"] + p["mlp"]["wo"]["bias"]
+    mlp = p["mlp"]
+    ff = _np_gelu(s @ mlp["wi"]["kernel"] + mlp["wi"]["bias"]) @ mlp["wo"]["kernel"] + mlp["wo"]["bias"]
     return x + _np_layer_norm(s + ff, p["out_norm"])
 
 
