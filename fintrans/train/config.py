@@ -45,6 +45,9 @@ def default_config() -> ml_collections.ConfigDict:
     # returns them as result['best'].
     c.best_metric = ""
     c.best_mode = "min"  # or 'max'
+    # Early stopping (needs best_metric and eval_every): > 0 stops training, with a checkpoint, once this
+    # many evaluations in a row bring no new best; a rerun of a stopped run trains nothing.
+    c.early_stopping_patience = 0
     # Warm start (pretrain -> fine-tune): a fresh run (no checkpoint of its own yet) takes its parameters
     # and model state (BatchNorm statistics) from another run's latest checkpoint (its workdir); those under
     # the comma-separated paths of init_from_keep_fresh ('head') keep their fresh initialisation. The
@@ -108,6 +111,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                           f"{ON_UNREADABLE}")
     if config.get("best_mode", ref.best_mode) not in ("min", "max"):
         raise ConfigError(f"config.best_mode={config.best_mode!r}; choose 'min' or 'max'")
+    patience = config.get("early_stopping_patience", ref.early_stopping_patience)
+    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+        raise ConfigError(f"config.early_stopping_patience={patience!r} must be a non-negative integer (0: off)")
+    if patience and not (config.get("best_metric") and config.get("eval_every", ref.eval_every) > 0):
+        raise ConfigError(f"config.early_stopping_patience={patience} needs config.best_metric (the metric whose "
+                          "best it waits for) and config.eval_every > 0")
     if config.get("init_from_keep_fresh") and not config.get("init_from"):
         raise ConfigError("config.init_from_keep_fresh is set but config.init_from is not")
     ema = config.get("ema_decay", ref.ema_decay)

@@ -399,7 +399,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final state, the
     parameters evaluation used ('params': the EMA with config.ema_decay, else state.params) and the
     model state ('model_state'), the last metrics, the sample shown, and with config.best_metric the
-    best evaluation's {'step', 'eval', 'params', 'model_state'} as 'best'."""
+    best evaluation's {'step', 'eval', 'params', 'model_state'} as 'best'; 'stopped_early' is the step
+    where config.early_stopping_patience stopped the run (None if it did not)."""
     t = Trainer(config, workdir)
     cfg = t.config
     example = t.example_batch()
@@ -429,6 +430,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_good = start if checkpointer.latest_step() is not None else None
     pending = _PendingMetrics()
     run_limit = cfg.get("max_steps_per_run", 0)
+    patience = cfg.get("early_stopping_patience", 0)
+
+    def out_of_patience(at: int) -> bool:
+        """Whether `patience` evaluations (every eval_every steps) have passed since the best one. Computed
+        from the steps alone, so a resumed run knows whether the run it resumes had already stopped."""
+        return bool(patience) and best.step is not None and \
+            at // cfg.eval_every - best.step // cfg.eval_every >= patience
+
+    results["stopped_early"] = start if start and out_of_patience(start) else None
     bar = tqdm(total=cfg.total_steps, initial=start, disable=not (t.is_main and cfg.progress_bar),
                desc=f"{cfg.model.name} on {cfg.data.name}", dynamic_ncols=True)
 
@@ -450,7 +460,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = start
     try:
         with _Preemption() as preemption, jax.set_mesh(t.mesh), nn.logical_axis_rules(t.rules):
-            while step < cfg.total_steps:
+            while step < cfg.total_steps and results["stopped_early"] is None:
                 batch = parallel.global_batch(next(train_it), t.batch_sharding)
                 state, scalars = train_step(state, batch)
                 step += 1
@@ -466,6 +476,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     writer.write(step, results["eval"])
                     if best is not None:
                         best.offer(step, state.eval_params, results["eval"], model_state=state.model_state)
+                    if out_of_patience(step):
+                        results["stopped_early"] = step
+                        stop = True
                 if checkpointer.due(step) or final or stop:
                     flush(step)
                     checkpointer.save(step, state, train_it)
@@ -473,8 +486,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     if best is not None:
                         best.checkpointed(step)
                 if stop:
-                    log.warning("stopping at step %d (%s); checkpoint saved", step,
-                                "SIGTERM" if preemption.requested else "max_steps_per_run")
+                    reason = ("SIGTERM" if preemption.requested else
+                              f"no better eval/{cfg.best_metric} in {patience} evaluations since step {best.step}"
+                              if results["stopped_early"] else "max_steps_per_run")
+                    log.warning("stopping at step %d (%s); checkpoint saved", step, reason)
                     break
             flush(step)
         if best is not None and best.step is not None:

@@ -1,4 +1,5 @@
-"""Early stopping's model selection (config.best_metric) and warm starts (config.init_from)."""
+"""Early stopping's model selection (config.best_metric), early stopping itself
+(config.early_stopping_patience) and warm starts (config.init_from)."""
 import jax
 import numpy as np
 import pytest
@@ -83,6 +84,35 @@ def test_best_saved_after_the_resume_step_is_forgotten(tmp_path):
     with pytest.raises(ValueError, match=r"best_metric='accuracy' is not an evaluation metric.*\['loss'\]"):
         BestParams(tmp_path / "other", metric="accuracy", mode="max").offer(2, params, {"eval/loss": 1.0})
     again.close()
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_a_new_best(tmp_path):
+    # best_mode='max' on a falling loss: the first evaluation (step 2) stays the best, so with patience 2
+    # the run stops at the second evaluation after it (step 6) instead of training to step 10.
+    config = dict(eval_every=2, best_metric="loss", best_mode="max", early_stopping_patience=2)
+    result = train_and_evaluate(tiny_dlinear(**config), tmp_path / "whole")
+    assert result["best"]["step"] == 2 and result["stopped_early"] == 6 and result["step"] == 6
+    assert sorted(_evals(tmp_path / "whole")) == [2, 4, 6]
+    # A rerun trains nothing more; a run in pieces stops at the same step.
+    again = train_and_evaluate(tiny_dlinear(**config), tmp_path / "whole")
+    assert again["resumed_from"] == 6 and again["stopped_early"] == 6 and again["step"] == 6
+    train_and_evaluate(tiny_dlinear(**config, max_steps_per_run=3), tmp_path / "split")
+    split = train_and_evaluate(tiny_dlinear(**config), tmp_path / "split")
+    assert split["resumed_from"] == 3 and split["stopped_early"] == 6
+    _assert_same(split["state"].params, result["state"].params)
+    # Patience 5: only 4 evaluations follow the best before the last step, so the run trains to the end.
+    full = train_and_evaluate(tiny_dlinear(**{**config, "early_stopping_patience": 5}), tmp_path / "patient")
+    assert full["stopped_early"] is None and full["step"] == 10
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(early_stopping_patience=2), "needs config.best_metric"),
+    (dict(early_stopping_patience=2, best_metric="loss", eval_every=0), "eval_every > 0"),
+    (dict(early_stopping_patience=-1, best_metric="loss"), "non-negative integer"),
+])
+def test_bad_early_stopping_is_rejected(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(tiny_dlinear(**changes), tmp_path)
 
 
 def test_bad_best_mode_is_rejected(tmp_path):
