@@ -23,9 +23,12 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml constraints.txt
 	$(PIP) install --quiet -c constraints.txt -e .
 	@touch $@
 
+# recbole is installed without its requirements only for the MovieLens-100k files its wheel ships (the
+# movielens_100k builder reads them and never imports recbole, whose requirements pull in another stack).
 $(VENV)/.installed-test: $(VENV)/.installed requirements-neuralforecast.txt
 	$(PIP) install --quiet -c constraints.txt -e ".[test,parity,tpu,claims]"
 	$(PIP) install --quiet --no-deps -r requirements-neuralforecast.txt
+	$(PIP) install --quiet --no-deps recbole==1.2.0
 	@touch $@
 
 install: $(VENV)/.installed
