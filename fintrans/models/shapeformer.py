@@ -39,9 +39,10 @@ Padded steps are zeroed first, never attended to, never pooled and never inside 
 its padding read as zeros), so their values never change the logits.
 
 Remaining differences from the authors' code:
-  - Generic branch norms: LayerNorm after each convolution; the authors use BatchNorm2d. (BatchNorm's
-    running statistics would be model state; the shared model tests apply every model in train mode
-    without a mutable "batch_stats" collection.)
+  - Generic branch norms: LayerNorm after each convolution by default; the authors use BatchNorm2d, which
+    `generic_norm="batchnorm"` gives (running statistics in "batch_stats", the trainer's model state; its
+    running variance is the biased batch variance, torch's the unbiased one). The default stays LayerNorm
+    because every ShapeFormer result in experiments/results was computed with it.
   - Padding: the authors' series are fixed length (no mask); here padded steps are masked out of the
     generic attention and pooling and out of the shapelet windows.
   - Shapelet filter distance: the authors' model compares a plain sum of squared differences for the window's
@@ -68,7 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fintrans import axes
-from fintrans.layers import (Conv1D, Dense, Dropout, LayerNorm, MultiHeadAttention, check_series_batch,
+from fintrans.layers import (BatchNorm, Conv1D, Dense, Dropout, LayerNorm, MultiHeadAttention, check_series_batch,
                              param_with_axes, pool)
 from fintrans.layers.mlp import ACTIVATIONS, activation as activation_fn
 from fintrans.ops.attention import dot_product_attention
@@ -77,6 +78,7 @@ from fintrans.models.config import AttentionConfig, ConfigError, check_choice, c
 
 CI_EPS = 1e-3
 ATTENTIONS = ("authors", "standard")
+GENERIC_NORMS = ("layernorm", "batchnorm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +107,10 @@ class ShapeFormerConfig(AttentionConfig):
     mlp_dim: int = 64
     activation: str = "relu"
     norm_epsilon: float = 1e-5
+    # The generic branch's norm after each convolution: "layernorm" (ours, what the results used) or
+    # "batchnorm" (the authors' BatchNorm2d: statistics over batch, time (and channels) per feature, running
+    # averages with torch's momentum 0.1 in the "batch_stats" collection; padded steps are left out).
+    generic_norm: str = "layernorm"
     dropout_rate: float = 0.1
     use_class_specific: bool = True  # False: drop the shapelet branch (the generic branch alone)
     use_generic: bool = True  # False: drop the generic branch (the shapelet branch alone)
@@ -116,6 +122,7 @@ class ShapeFormerConfig(AttentionConfig):
         check_positive("window", self.window, allow_zero=True)
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("attention", self.attention, ATTENTIONS)
+        check_choice("generic_norm", self.generic_norm, GENERIC_NORMS)
         sws = self.shapelet_weight_softmax
         if sws is not None and (isinstance(sws, bool) or not isinstance(sws, (int, float)) or sws <= 0):
             raise ConfigError(f"shapelet_weight_softmax={sws!r} must be None (the raw gains) or a positive float")
@@ -288,13 +295,11 @@ class ShapeFormer(nn.Module):
         per_channel = jnp.swapaxes(x, 1, 2).reshape(b * c, t, 1)
         h = Conv1D(d, k, padding="same", in_axis=None, dtype=dtype, param_dtype=pdtype, name="time_conv")(per_channel)
         h = jnp.swapaxes(h.reshape(b, c, t, d), 1, 2)
-        h = nn.gelu(LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="time_norm")(h),
-                    approximate=False)
+        h = nn.gelu(self._generic_norm("time_norm", h, valid[:, :, None], det), approximate=False)
         # Conv2d(d -> d, kernel [C, 1], 'valid') across the channels: [B, T, d]
         h = Dense(d, (axes.CHANNELS, axes.EMBED), (axes.MLP,), dtype=dtype, param_dtype=pdtype,
                   name="channel_conv")(h)
-        h = nn.gelu(LayerNorm(epsilon=cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="channel_norm")(h),
-                    approximate=False)
+        h = nn.gelu(self._generic_norm("channel_norm", h, valid, det), approximate=False)
         # The authors' LearnablePositionalEncoding: U(-0.02, 0.02), then dropout; its output is the attention's
         # input only, the residual stream stays the convolution features.
         pos = param_with_axes(self, "positions", nn.initializers.uniform(0.04), (cfg.max_len, d),
@@ -306,6 +311,14 @@ class ShapeFormer(nn.Module):
             attn_in = Dropout(cfg.dropout_rate)(with_pos, deterministic=det)
         h = ShapeFormerLayer(cfg, d, name="generic_block")(h, attn_in, mask=valid[:, None, None, :], deterministic=det)
         return pool(h, "mean", valid)
+
+    def _generic_norm(self, name, h, valid, det):
+        """config.generic_norm over the last axis of h; `valid` marks h's real entries (for BatchNorm)."""
+        cfg = self.config
+        kw = dict(epsilon=cfg.norm_epsilon, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, name=name)
+        if cfg.generic_norm == "batchnorm":
+            return BatchNorm(momentum=0.9, **kw)(h, train=not det, mask=valid)  # torch momentum 0.1
+        return LayerNorm(**kw)(h)
 
     def _class_specific(self, x, valid, det):
         cfg = self.config

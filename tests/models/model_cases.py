@@ -191,7 +191,8 @@ CASES = {c.name: c for c in [
          bad_inputs=(({"inputs": np.zeros((BATCH, 12, 2), np.float32)}, ("num_channels=3", "(3, 12, 2)")),
                      ({"inputs": np.zeros((BATCH, 13, 3), np.float32)}, ("max_len=12", "(3, 13, 3)"))),
          bad_values=(("shapelet_channels", (0, 3)), ("shapelet_starts", (2,)), ("shapelet_starts", (2, 8)),
-                     ("shapelets", ((1.0,), (1.0, 2.0))), ("window", -1), ("max_ci", 0.0))),
+                     ("shapelets", ((1.0,), (1.0, 2.0))), ("window", -1), ("max_ci", 0.0),
+                     ("generic_norm", "groupnorm"))),
 ]}
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from fintrans.data import shapelets as sh
 from fintrans.models.shapeformer import ShapeFormer, ShapeFormerLayer, initial_shapelet_weights, shapelet_filter
-from model_cases import built, jit
+from model_cases import built, config_of, jit
 
 
 def _pips_brute(ts, num):
@@ -143,6 +143,33 @@ def test_padded_steps_do_not_change_outputs():
     n = int(mask[row].sum())
     alone = jax.jit(b.model.apply)(b.params, {"inputs": batch["inputs"][row:row + 1, :n]})
     np.testing.assert_allclose(alone[0], logits[row], atol=1e-5)
+
+
+def test_authors_batchnorm_option_keeps_running_statistics_and_ignores_padding():
+    cfg = config_of("shapeformer", generic_norm="batchnorm")
+    model = ShapeFormer(cfg)
+    batch = built("shapeformer").case.make_batch(np.random.default_rng(8))
+    mask = batch["mask"]
+    variables = flax.linen.unbox(model.init(jax.random.PRNGKey(0), batch))
+    assert set(variables["batch_stats"]) == {"time_norm", "channel_norm"}
+    train = jax.jit(lambda v, b: model.apply(v, b, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
+                                             mutable=["batch_stats"]))
+    logits, updates = train(variables, batch)
+    moved = updates["batch_stats"]["channel_norm"]["mean"] - variables["batch_stats"]["channel_norm"]["mean"]
+    assert np.abs(moved).max() > 0  # the running mean moved towards the batch's
+    # Padded steps enter neither the batch statistics nor the outputs.
+    noisy = dict(batch, inputs=np.where(mask[..., None], batch["inputs"], 50.0).astype(np.float32))
+    logits2, updates2 = train(variables, noisy)
+    np.testing.assert_allclose(logits2, logits, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(updates2), jax.tree.leaves(updates)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # Evaluation normalises with the running statistics: a series' logits do not depend on its batch.
+    state = {**variables, **updates}
+    evaluate = jax.jit(model.apply)
+    full = evaluate(state, batch)
+    n = int(mask[0].sum())
+    alone = evaluate(state, {"inputs": batch["inputs"][:1, :n]})
+    np.testing.assert_allclose(alone[0], full[0], atol=1e-5)
 
 
 def test_config_without_shapelets_is_the_generic_branch_alone():
