@@ -35,7 +35,6 @@ from fintrans.train.loop import build_model
 KEY = "flatformer"
 MARGIN = 0.02  # mIoU: "little or no loss"
 SEEDS = (0, 1, 2)
-MODES = ("flat", "window")
 PAPER_GROUP_SIZE = 144
 GROUP_SIZES = (32, 64, PAPER_GROUP_SIZE)
 WORKDIR = Path("/tmp/claims_flatformer")

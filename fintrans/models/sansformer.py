@@ -141,15 +141,6 @@ class CausalGatingUnit(nn.Module):
         return Dense(cfg.embed_dim, (axes.MLP,), (axes.EMBED,), dtype=dt, param_dtype=pdt, name="w_out")(y)
 
 
-def joint_layer_norm(x: jax.Array, epsilon: float) -> jax.Array:
-    """LayerNorm over visits and channels jointly (the last two axes), no affine: torch's
-    F.layer_norm(x, [T, E]), which the authors' model applies before every layer."""
-    xf = x.astype(jnp.float32)
-    mean = xf.mean((-2, -1), keepdims=True)
-    var = jnp.square(xf - mean).mean((-2, -1), keepdims=True)
-    return ((xf - mean) * jax.lax.rsqrt(var + epsilon)).astype(x.dtype)
-
-
 class AuthorsLayer(nn.Module):
     """block='authors': x + LN_d(s + FFN(s)), s = LN_c(SGU(LN_a(LN_{T,E}(x)))) (the module docstring)."""
     config: SANSformerConfig
@@ -159,7 +150,9 @@ class AuthorsLayer(nn.Module):
         cfg = self.config
         dt, pdt = cfg.compute_dtype, cfg.params_dtype
         norm = lambda name: LayerNorm(cfg.norm_epsilon, dtype=dt, param_dtype=pdt, name=name)
-        u = norm("unit_norm")(joint_layer_norm(x, cfg.norm_epsilon))
+        # torch's F.layer_norm(x, [T, E]) before every layer: one no-affine norm over visits and channels jointly.
+        joint = LayerNorm(cfg.norm_epsilon, use_bias=False, use_scale=False, dtype=dt)(x.reshape(x.shape[0], -1))
+        u = norm("unit_norm")(joint.reshape(x.shape))
         s = norm("gating_norm")(CausalGatingUnit(cfg, double_gelu=True, name="gating")(u))
         y = MLP(cfg.mlp_dim, dropout_rate=cfg.dropout_rate, dtype=dt, param_dtype=pdt, name="mlp")(
             s, deterministic=deterministic)
